@@ -1,0 +1,49 @@
+"""The record one distillation step hands to an objective."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class DistillStep:
+    """Everything an objective may read for one batch.
+
+    ``student_features`` / ``teacher_features`` map a submodule path (e.g. ``"layer3"``) to that
+    submodule's output, captured by :class:`kdlight.taps.FeatureTaps`. ``target`` is ``None`` for
+    unlabeled samples. ``student`` / ``teacher`` are the models themselves, for objectives that
+    need to differentiate through them (explanation matching).
+    """
+
+    inputs: Tensor
+    target: Tensor | None
+    student_logits: Tensor
+    teacher_logits: Tensor
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    epoch: int = 0
+    global_step: int = 0
+    student: nn.Module | None = None
+    teacher: nn.Module | None = None
+
+
+@dataclass
+class LossTerm:
+    """One named term of an objective: ``weight * value`` enters the total loss."""
+
+    name: str
+    value: Tensor
+    weight: float = 1.0
+
+    @property
+    def weighted(self) -> Tensor:
+        return self.value * self.weight
+
+
+def total_loss(terms: list[LossTerm]) -> Tensor:
+    """Weighted sum of the terms."""
+    if not terms:
+        raise ValueError("the objective returned no loss terms")
+    return torch.stack([t.weighted for t in terms]).sum()
