@@ -1,0 +1,22 @@
+"""kdlight: knowledge distillation that also checks the student explains like the teacher."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["ClassifierModule", "DistillationModule", "DistillStep", "LossTerm"]
+
+# Imported on first use, so ``import kdlight.functional`` stays light (no Lightning).
+_LAZY = {
+    "ClassifierModule": "kdlight.classifier",
+    "DistillationModule": "kdlight.module",
+    "DistillStep": "kdlight.step",
+    "LossTerm": "kdlight.step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kdlight' has no attribute {name!r}")

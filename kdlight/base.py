@@ -1,0 +1,120 @@
+"""Pieces shared by :class:`ClassifierModule` and :class:`DistillationModule`."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+try:  # set by LightningCLI while it instantiates the model: the config with class paths
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - older/newer Lightning
+    _given_hyperparameters = None
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """Split a batch into inputs and labels; ``(x,)`` or a bare tensor means unlabeled."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, dict):
+        return batch["x"], batch.get("y")
+    if isinstance(batch, (list, tuple)) and 1 <= len(batch) <= 2:
+        return batch[0], (batch[1] if len(batch) == 2 else None)
+    raise ValueError(
+        "batches must be a tensor, (inputs,), (inputs, labels) or {'x': ..., 'y': ...}; "
+        f"got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}"
+    )
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Accuracy and macro-F1 of a classifier, named ``{prefix}acc`` and ``{prefix}f1``."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class SupervisedBase(LightningModule):
+    """Optimizer/scheduler injection, hyperparameter saving and example inputs."""
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+        lr_scheduler_interval: str,
+        num_classes: int | None,
+    ) -> None:
+        super().__init__()
+        if lr_scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.num_classes = num_classes
+
+    def save_init_args(self, objects: list[str]) -> None:
+        """Save the init arguments; under LightningCLI the class-path config (so
+        ``load_from_checkpoint`` can rebuild the models), otherwise all but the ``objects``."""
+        frame = inspect.currentframe().f_back  # the subclass's __init__
+        if _given_hyperparameters is not None and _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=frame)
+        else:
+            self.save_hyperparameters(ignore=objects, frame=frame)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.trainable_parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": self.lr_scheduler_interval, "monitor": "val/loss"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def example_input(self) -> Tensor:
+        """A small real input batch from the datamodule, on this module's device."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            raise ValueError("kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to probe shapes")
+        if hasattr(datamodule, "example_input"):
+            x = datamodule.example_input(2)
+        else:
+            x, _ = unpack_batch(next(iter(datamodule.train_dataloader())))
+            x = x[:2]
+        return x.to(self.device)
+
+    def resolve_num_classes(self, logits: Tensor) -> int:
+        """The class count: given explicitly, else read off the probed logits."""
+        found = int(logits.shape[-1])
+        if self.num_classes is not None and self.num_classes != found:
+            raise ValueError(f"num_classes={self.num_classes} but the model outputs {found} logits")
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        expected = getattr(datamodule, "num_classes", None)
+        if expected is not None and expected != found:
+            raise ValueError(f"the data have {expected} classes but the model outputs {found} logits; set num_classes={expected} on the model")
+        self.num_classes = found
+        return found
+
+
+@torch.no_grad()
+def probe(model: nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` in eval mode without gradients, restoring its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,73 @@
+"""Plain supervised training of any ``nn.Module``: teachers and scratch baselines."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch
+from kdlight.errors import check_finite_loss
+
+
+class ClassifierModule(SupervisedBase):
+    """Train ``model`` with cross-entropy; logs accuracy and macro-F1 for train/val/test.
+
+    The network is stored as ``self.model``, so its checkpoint can be handed to
+    ``DistillationModule(teacher_checkpoint=...)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "epoch",
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
+        self.save_init_args(objects=["model", "optimizer", "lr_scheduler"])
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def setup(self, stage: str) -> None:
+        num_classes = self.resolve_num_classes(probe(self.model, self.example_input()))
+        self.metrics = nn.ModuleDict(
+            {split: classification_metrics(num_classes, f"{split}/") for split in ("train", "val", "test")}
+        )
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = unpack_batch(batch)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        check_finite_loss({"ce": loss}, self.current_epoch, self.global_step)
+        self.metrics["train"].update(logits.detach(), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log_dict(self.metrics["train"], on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, split: str) -> None:
+        x, y = unpack_batch(batch)
+        logits = self.model(x)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.metrics[split].update(logits, y)
+        self.log_dict(self.metrics[split], on_epoch=True, prog_bar=split == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        x, _ = unpack_batch(batch)
+        return self.model(x).softmax(-1)

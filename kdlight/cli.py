@@ -1,0 +1,45 @@
+"""The ``kdlight`` command: a LightningCLI with fit / validate / test / predict."""
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from kdlight.errors import NonFiniteLossError
+
+# Errors that describe a problem in the user's config or files: shown as one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, KeyError)
+
+
+class KDLightCLI(LightningCLI):
+    """LightningCLI with models and data chosen by ``class_path``.
+
+    The optimizer is configured on the module (``model.init_args.optimizer``) rather than by
+    LightningCLI's automatic ``--optimizer``, so it only ever sees trainable parameters and
+    never the teacher's.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(*args, **kwargs)
+
+
+def main(args: list[str] | None = None) -> KDLightCLI | None:
+    """Entry point of ``kdlight`` and ``python -m kdlight``; ``args`` replaces ``sys.argv``.
+
+    Problems a user can fix print one line (``kdlight: error: ...``) and exit with status 1; set
+    ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
+    """
+    try:
+        return KDLightCLI(args=args)
+    except USER_ERRORS as err:
+        if os.environ.get("KDLIGHT_TRACEBACK"):
+            raise
+        message = str(err).strip("'\"") or type(err).__name__
+        print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None

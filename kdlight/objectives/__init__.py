@@ -1,0 +1,17 @@
+"""Configurable distillation objectives (``class_path: kdlight.objectives.KD`` etc.)."""
+from kdlight.objectives.base import Objective
+from kdlight.objectives.composite import Composite
+from kdlight.objectives.features import PKT, RKD, AttentionTransfer, Hint
+from kdlight.objectives.logits import DKD, KD, CrossEntropy
+
+__all__ = [
+    "Objective",
+    "Composite",
+    "CrossEntropy",
+    "KD",
+    "DKD",
+    "Hint",
+    "AttentionTransfer",
+    "RKD",
+    "PKT",
+]
