@@ -1,0 +1,78 @@
+"""Compare trained networks with a teacher: accuracy, prediction and explanation agreement."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_f1_score
+
+from kdlight.checkpoint import load_weights
+from kdlight.explain.methods import AttributionConfig, attribute
+from kdlight.functional.agreement import predictive_kl, rank_correlation, top1_agreement
+
+
+def network_of(module: nn.Module) -> nn.Module:
+    """The network a kdlight module trains: ``ClassifierModule.model`` or ``DistillationModule.student``."""
+    for name in ("student", "model"):
+        if isinstance(getattr(module, name, None), nn.Module):
+            return getattr(module, name)
+    return module
+
+
+def load_network(module: nn.Module, checkpoint: str | Path) -> nn.Module:
+    """The trained network of ``module`` with the weights stored in ``checkpoint``, in eval mode."""
+    network = network_of(module)
+    load_weights(network, checkpoint, role="model")
+    return network.eval()
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    model.eval()
+    return torch.cat([model(chunk) for chunk in x.split(batch_size)])
+
+
+def compare_models(
+    networks: dict[str, nn.Module],
+    teacher: str,
+    inputs: Tensor,
+    labels: Tensor,
+    train_inputs: Tensor | None = None,
+    method: str = "integrated_gradients",
+) -> list[dict[str, float | str | int]]:
+    """One row per network: accuracy, macro-F1, agreement and KL with the teacher, and the
+    Spearman rank correlation of its attributions with the teacher's (same inputs, teacher's
+    predicted class as target)."""
+    t_logits = _logits(networks[teacher], inputs)
+    target = t_logits.argmax(-1)
+    config = AttributionConfig(method=method)
+    t_attr = attribute(networks[teacher], inputs, target, config, train_inputs=train_inputs)
+    rows = []
+    for name, net in networks.items():
+        logits = _logits(net, inputs)
+        attr = attribute(net, inputs, target, config, train_inputs=train_inputs)
+        rows.append(
+            {
+                "model": name,
+                "params": sum(p.numel() for p in net.parameters()),
+                "acc": (logits.argmax(-1) == labels).float().mean().item(),
+                "macro_f1": multiclass_f1_score(logits, labels, logits.shape[-1], average="macro").item(),
+                "agreement": top1_agreement(logits, t_logits).mean().item(),
+                "kl": predictive_kl(logits, t_logits).mean().item(),
+                "rank_correlation": rank_correlation(attr, t_attr).nanmean().item(),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict], title: str = "") -> str:
+    """A Markdown table of :func:`compare_models` rows."""
+    head = "| model | params | test acc | macro-F1 | top-1 agreement | KL(t‖s) | attribution rank corr. (IG) |"
+    lines = [f"**{title}**", "", head, "|" + "---|" * 7] if title else [head, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {100 * r['acc']:.1f} % | {100 * r['macro_f1']:.1f} % | "
+            f"{100 * r['agreement']:.1f} % | {r['kl']:.3f} | {r['rank_correlation']:.3f} |"
+        )
+    return "\n".join(lines)

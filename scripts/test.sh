@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite: installs what it needs, runs the default tests, then the slow ones.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup_env.sh
+export WANDB_MODE=offline
+python -m pytest -q "$@"
+python -m pytest -q -m slow "$@" || { rc=$?; [ "$rc" -eq 5 ] && echo "no slow tests selected"; [ "$rc" -eq 5 ]; }

@@ -1,0 +1,85 @@
+"""The kdlight command end to end, as a user runs it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from kdlight.cli import main
+
+DIGITS = REPO / "configs" / "digits"
+FAST = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.callbacks=[]"]
+
+
+def run_cli(*args: str):
+    return main(list(args))
+
+
+def test_fit_teacher_then_distill_from_its_checkpoint(tmp_path):
+    run_cli("fit", "-c", str(DIGITS / "teacher.yaml"), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            "--trainer.callbacks=[]")
+    checkpoints = sorted(tmp_path.rglob("*.ckpt"))
+    assert checkpoints, "the teacher run saved no checkpoint"
+    cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), f"--model.init_args.teacher_checkpoint={checkpoints[0]}", *FAST)
+    assert "train/loss_kd" in cli.trainer.callback_metrics
+    assert "val/agreement" in cli.trainer.callback_metrics
+
+
+def test_validate_and_test_subcommands(tmp_path):
+    for sub in ("validate", "test"):
+        cli = run_cli(sub, "-c", str(DIGITS / "scratch.yaml"), "--trainer.logger=false", "--trainer.callbacks=[]",
+                      "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1")
+        assert f"{'val' if sub == 'validate' else 'test'}/acc" in cli.trainer.callback_metrics
+
+
+def test_print_config_shows_the_resolved_objective(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(DIGITS / "dkd.yaml"), "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "kdlight.objectives.DKD" in printed and "beta: 8.0" in printed
+
+
+def test_unknown_model_class_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(DIGITS / "scratch.yaml"), "--model.init_args.model.class_path=kdlight.models.NoSuchNet", *FAST)
+    assert exit_info.value.code != 0
+    assert "NoSuchNet" in capsys.readouterr().err
+
+
+def test_unknown_objective_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.objective.class_path=kdlight.objectives.Nope", *FAST)
+    assert "kdlight.objectives.Nope" in capsys.readouterr().err
+
+
+def test_nonpositive_temperature_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.objective.init_args.temperature=0", *FAST)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kdlight: error: temperature must be > 0, got 0.0")
+
+
+def test_missing_teacher_checkpoint_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=missing/teacher.ckpt", *FAST)
+    err = capsys.readouterr().err
+    assert "kdlight: error: teacher_checkpoint missing/teacher.ckpt does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_console_script_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "kdlight", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "fit" in out.stdout and "validate" in out.stdout
+
+
+def test_optimizer_comes_from_the_model_config():
+    cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=null",
+                  "--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1", *FAST)
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1

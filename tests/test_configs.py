@@ -1,0 +1,43 @@
+"""Every shipped YAML parses against the code; the runnable ones survive a fast_dev_run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from kdlight.cli import KDLightCLI, main
+
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "logger"))
+FRAGMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name in ("trainer", "logger"))
+LOCAL_DATA = ("digits", "mnist1d", "breast_cancer")
+
+
+class ParseOnlyCLI(KDLightCLI):
+    def instantiate_classes(self) -> None:  # parse and type-check, build nothing
+        pass
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(REPO))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=rel)
+def test_config_parses(config):
+    ParseOnlyCLI(args=["fit", "-c", str(config)], run=False)
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=rel)
+def test_fragment_stacks_on_a_config(fragment):
+    ParseOnlyCLI(args=["fit", "-c", str(REPO / "configs/digits/kd.yaml"), "-c", str(fragment)], run=False)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.parent.name in LOCAL_DATA], ids=rel)
+def test_config_runs_one_batch(config):
+    text = config.read_text()
+    extra = ["--model.init_args.teacher_checkpoint=null"] if "teacher_checkpoint" in text else []
+    main(["fit", "-c", str(config), "--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.callbacks=[]", *extra])

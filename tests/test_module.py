@@ -1,0 +1,152 @@
+"""DistillationModule: frozen teacher, optimizer contents, logging, metrics, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from torch import nn
+
+from conftest import digits_student, digits_teacher, tiny_trainer
+from kdlight import DistillationModule
+from kdlight.errors import NonFiniteLossError
+from kdlight.objectives import KD, AttentionTransfer, Composite, CrossEntropy, Hint, Objective
+from kdlight.step import LossTerm
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=3e-3)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class TeacherModeProbe(Callback):
+    """Records the teacher's training flag at every train batch."""
+
+    def __init__(self) -> None:
+        self.flags: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.flags.append(pl_module.teacher.training or any(m.training for m in pl_module.teacher.modules()))
+
+
+def test_teacher_is_bit_identical_and_in_eval_mode_after_fit(digits, teacher_checkpoint):
+    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    before = snapshot(module.teacher)  # parameters and BatchNorm buffers
+    probe = TeacherModeProbe()
+    tiny_trainer(max_epochs=2, callbacks=[probe]).fit(module, datamodule=digits)
+    after = module.teacher.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert probe.flags and not any(probe.flags)  # eval at every step, also after validation
+    module.train()
+    assert not any(m.training for m in module.teacher.modules())
+    assert module.student.training
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+
+
+def test_student_learns_while_teacher_does_not(digits, teacher_checkpoint):
+    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    student_before = snapshot(module.student)
+    tiny_trainer(max_epochs=1).fit(module, datamodule=digits)
+    changed = [k for k, v in module.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert changed
+    assert all(p.grad is None for p in module.teacher.parameters())
+
+
+def test_optimizer_holds_student_and_regressor_but_never_the_teacher(digits):
+    objective = Composite([KD(), Hint(student_layer="conv2", teacher_layer="conv2")])
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    trainer = tiny_trainer(max_steps=1)
+    trainer.fit(module, datamodule=digits)
+    in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    expected = {id(p) for p in module.student.parameters()} | {id(p) for p in objective.parameters()}
+    assert in_optimizer == expected
+    assert any(True for _ in objective.parameters())  # the regressor exists and is trained
+    assert not in_optimizer & {id(p) for p in module.teacher.parameters()}
+
+
+def test_every_term_is_logged_and_total_is_weighted_sum(digits):
+    objective = Composite([KD(temperature=2.0, alpha=0.7), AttentionTransfer(["conv2"], ["conv2"], weight=10.0)])
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    trainer = tiny_trainer(max_steps=1, log_every_n_steps=1)
+    trainer.fit(module, datamodule=digits)
+    metrics = trainer.callback_metrics
+    for name in ("train/loss", "train/loss_kd", "train/loss_ce", "train/loss_at"):
+        assert name in metrics, name
+    expected = 0.3 * metrics["train/loss_ce_step"] + 0.7 * metrics["train/loss_kd_step"] + 10.0 * metrics["train/loss_at_step"]
+    assert torch.allclose(metrics["train/loss_step"], expected, rtol=1e-5)
+
+
+def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint):
+    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    trainer = tiny_trainer()
+    trainer.validate(module, datamodule=digits, verbose=False)
+    x = torch.cat([b[0] for b in digits.val_dataloader()])
+    y = torch.cat([b[1] for b in digits.val_dataloader()])
+    module.eval()
+    with torch.no_grad():
+        s, t = module.student(x), module.teacher(x)
+    m = trainer.callback_metrics
+    assert m["val/acc"].item() == pytest.approx((s.argmax(1) == y).float().mean().item(), abs=1e-6)
+    assert m["val/teacher_acc"].item() == pytest.approx((t.argmax(1) == y).float().mean().item(), abs=1e-6)
+    assert m["val/agreement"].item() == pytest.approx((s.argmax(1) == t.argmax(1)).float().mean().item(), abs=1e-6)
+    kl = F.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="batchmean", log_target=True)
+    assert m["val/kl"].item() == pytest.approx(kl.item(), rel=1e-4)
+    assert m["val/teacher_acc"] > 0.8  # the 3-epoch teacher really was loaded
+
+
+def test_output_size_mismatch_names_both_sizes(digits):
+    from kdlight.models import MLP
+
+    module = DistillationModule(digits_teacher(), MLP(in_features=64, num_classes=7, hidden=[8]), optimizer=adam)
+    with pytest.raises(ValueError, match="teacher outputs 10 classes but student outputs 7"):
+        tiny_trainer(max_steps=1).fit(module, datamodule=digits)
+
+
+def test_unknown_layer_lists_available_names(digits):
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=Hint(student_layer="layer9", teacher_layer="conv2"), optimizer=adam
+    )
+    with pytest.raises(ValueError, match=r"student has no submodule 'layer9'; valid names are: .*conv1"):
+        tiny_trainer(max_steps=1).fit(module, datamodule=digits)
+
+
+class NaNObjective(Objective):
+    def forward(self, step):
+        return [LossTerm("ce", F.cross_entropy(step.student_logits, step.target)), LossTerm("boom", step.student_logits.sum() * float("nan"))]
+
+
+def test_nan_loss_stops_training_naming_the_term(digits):
+    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam)
+    with pytest.raises(NonFiniteLossError, match=r"loss term boom=nan at epoch 0, step 0"):
+        tiny_trainer(max_steps=3).fit(module, datamodule=digits)
+
+
+def test_same_instance_for_teacher_and_student_is_refused():
+    model = digits_teacher()
+    with pytest.raises(ValueError, match="two different module instances"):
+        DistillationModule(model, model)
+
+
+def test_hint_regressor_is_saved_and_restored(digits, tmp_path):
+    objective = Hint(student_layer="conv2", teacher_layer="conv2")
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(module, datamodule=digits)
+    path = tmp_path / "distilled.ckpt"
+    trainer.save_checkpoint(path)
+    restored = DistillationModule.load_from_checkpoint(
+        path, teacher=digits_teacher(), student=digits_student(), objective=Hint(student_layer="conv2", teacher_layer="conv2"), weights_only=False
+    )
+    for key, value in module.objective.state_dict().items():
+        assert torch.equal(restored.objective.state_dict()[key], value)
+
+
+def test_cross_entropy_only_objective_needs_no_teacher_signal(digits):
+    module = DistillationModule(digits_teacher(), digits_student(), objective=CrossEntropy(), optimizer=adam)
+    trainer = tiny_trainer(max_steps=2, log_every_n_steps=1)
+    trainer.fit(module, datamodule=digits)
+    assert "train/loss_ce" in trainer.callback_metrics and "train/loss_kd" not in trainer.callback_metrics
