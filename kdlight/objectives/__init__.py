@@ -1,6 +1,7 @@
 """Configurable distillation objectives (``class_path: kdlight.objectives.KD`` etc.)."""
 from kdlight.objectives.base import Objective
 from kdlight.objectives.composite import Composite
+from kdlight.objectives.explanation import ExplanationMatching
 from kdlight.objectives.features import PKT, RKD, AttentionTransfer, Hint
 from kdlight.objectives.logits import DKD, KD, CrossEntropy
 
@@ -14,4 +15,5 @@ __all__ = [
     "AttentionTransfer",
     "RKD",
     "PKT",
+    "ExplanationMatching",
 ]
