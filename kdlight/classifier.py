@@ -35,9 +35,8 @@ class ClassifierModule(SupervisedBase):
 
     def setup(self, stage: str) -> None:
         num_classes = self.resolve_num_classes(probe(self.model, self.example_input()))
-        self.metrics = nn.ModuleDict(
-            {split: classification_metrics(num_classes, f"{split}/") for split in ("train", "val", "test")}
-        )
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_metrics", classification_metrics(num_classes, f"{split}/"))
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return self.model.parameters()
@@ -50,17 +49,17 @@ class ClassifierModule(SupervisedBase):
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         check_finite_loss({"ce": loss}, self.current_epoch, self.global_step)
-        self.metrics["train"].update(logits.detach(), y)
+        self.train_metrics.update(logits.detach(), y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log_dict(self.metrics["train"], on_step=False, on_epoch=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, split: str) -> None:
         x, y = unpack_batch(batch)
         logits = self.model(x)
         self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True)
-        self.metrics[split].update(logits, y)
-        self.log_dict(self.metrics[split], on_epoch=True, prog_bar=split == "val")
+        getattr(self, f"{split}_metrics").update(logits, y)
+        self.log_dict(getattr(self, f"{split}_metrics"), on_epoch=True, prog_bar=split == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

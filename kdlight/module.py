@@ -88,9 +88,9 @@ class DistillationModule(SupervisedBase):
             "teacher": {k: tuple(v.shape) for k, v in step.teacher_features.items()},
         }
         num_classes = self.resolve_num_classes(step.student_logits)
-        self.metrics = nn.ModuleDict({"train": classification_metrics(num_classes, "train/")})
+        self.train_metrics = classification_metrics(num_classes, "train/")
         for split in ("val", "test"):
-            self.metrics[split] = nn.ModuleDict(
+            metrics = nn.ModuleDict(
                 {
                     "student": classification_metrics(num_classes, f"{split}/"),
                     "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -98,6 +98,7 @@ class DistillationModule(SupervisedBase):
                     "kl": MeanMetric(),
                 }
             )
+            setattr(self, f"{split}_metrics", metrics)
 
     def _attach_taps(self) -> None:
         if self._student_taps is None:
@@ -170,15 +171,15 @@ class DistillationModule(SupervisedBase):
             self.log(f"train/loss_{term.name}", term.value.detach(), on_step=True, on_epoch=True)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         if y is not None:
-            self.metrics["train"].update(step.student_logits.detach(), y)
-            self.log_dict(self.metrics["train"], on_step=False, on_epoch=True)
+            self.train_metrics.update(step.student_logits.detach(), y)
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, split: str) -> None:
         x, y = unpack_batch(batch)
         s_logits, t_logits = self.student(x), self.teacher(x)
         self._student_taps.pop(), self._teacher_taps.pop()
-        metrics = self.metrics[split]
+        metrics = getattr(self, f"{split}_metrics")
         metrics["student"].update(s_logits, y)
         metrics["teacher_acc"].update(t_logits, y)
         metrics["agreement"].update(top1_agreement(s_logits, t_logits))

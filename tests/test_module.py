@@ -95,7 +95,7 @@ def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint)
     assert m["val/agreement"].item() == pytest.approx((s.argmax(1) == t.argmax(1)).float().mean().item(), abs=1e-6)
     kl = F.kl_div(s.log_softmax(1), t.log_softmax(1), reduction="batchmean", log_target=True)
     assert m["val/kl"].item() == pytest.approx(kl.item(), rel=1e-4)
-    assert m["val/teacher_acc"] > 0.8  # the 3-epoch teacher really was loaded
+    assert m["val/teacher_acc"] > 0.5  # the trained teacher really was loaded (chance is 0.1)
 
 
 def test_output_size_mismatch_names_both_sizes(digits):

@@ -1,0 +1,242 @@
+"""ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import fields
+from typing import Any
+
+import pandas as pd
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from kdlight.artifacts import log_figure, log_table
+from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
+from kdlight.explain.methods import AttributionConfig, attribute, method_names
+from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
+from kdlight.explain.plots import explanation_figure
+from kdlight.explain.surrogate import fit_surrogate
+
+TARGETS = ("teacher", "label", "student")
+LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
+_CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
+
+
+class ExplanationAgreement(Callback):
+    """Explain teacher and student on a fixed probe set of validation samples and log agreement.
+
+    For every method in ``methods`` it logs ``{split}/explain/{method}/{metric}`` for the
+    agreement metrics (cosine, rank correlation, Pearson, top-k feature/rank/sign/signed-rank
+    agreement, pairwise rank agreement), the deletion/insertion AUC and infidelity of both maps
+    (``faithfulness=True``), a per-class table, and a figure input | teacher | student for
+    ``num_images`` probes (rank zero only). A decision-tree surrogate of the student on the probe
+    inputs logs its fidelity and size (``surrogate=True``).
+
+    Args:
+        methods: attribution methods (see :func:`kdlight.explain.method_names`).
+        every_n_epochs: run on validation epochs divisible by this (always in validate/test).
+        num_probes: size of the probe set, chosen once from the validation set with ``seed``.
+        batch_size: probes explained per call (internal batching bounds memory).
+        k: top-k size of the Krishna et al. metrics.
+        target: the class explained: ``teacher`` (its prediction), ``label`` or ``student``.
+        method_args: per-method :class:`AttributionConfig` fields, e.g.
+            ``{integrated_gradients: {n_steps: 64}, grad_cam: {layer: conv2}}``; a per-model
+            Grad-CAM layer is given as ``{grad_cam: {teacher_layer: ..., student_layer: ...}}``.
+    """
+
+    def __init__(
+        self,
+        methods: list[str] | None = None,
+        every_n_epochs: int = 1,
+        num_probes: int = 128,
+        batch_size: int = 64,
+        k: int = 8,
+        target: str = "teacher",
+        log_images: bool = True,
+        num_images: int = 4,
+        faithfulness: bool = True,
+        surrogate: bool = True,
+        method_args: dict[str, dict[str, Any]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.methods = list(methods) if methods is not None else ["integrated_gradients", "saliency"]
+        valid = method_names()
+        unknown = [m for m in self.methods if m not in valid]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown attribution method(s) {unknown}; valid methods are: {', '.join(valid)}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("num_probes", num_probes), ("batch_size", batch_size), ("k", k)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.method_args = dict(method_args or {})
+        for method, args in self.method_args.items():
+            if method not in self.methods:
+                raise ValueError(f"method_args names {method!r}, which is not in methods {self.methods}")
+            bad = set(args) - _CONFIG_FIELDS - {"teacher_layer", "student_layer"}
+            if bad:
+                raise ValueError(f"unknown option(s) {sorted(bad)} for {method}; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
+        self.every_n_epochs, self.num_probes, self.batch_size, self.k = every_n_epochs, num_probes, batch_size, k
+        self.target, self.log_images, self.num_images = target, log_images, num_images
+        self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
+        self._probe_indices: Tensor | None = None
+        self._warned_nonfinite = False
+        self.last_results: dict[str, float] = {}
+
+    # -- probe set ---------------------------------------------------------------------------
+    def probe_indices(self, dataset_size: int) -> Tensor:
+        """Indices of the probe samples: drawn once with ``seed``, then fixed."""
+        if self.num_probes > dataset_size:
+            raise ValueError(
+                f"num_probes={self.num_probes} is larger than the validation set ({dataset_size} samples); "
+                f"set num_probes <= {dataset_size}"
+            )
+        if self._probe_indices is None:
+            g = torch.Generator().manual_seed(self.seed)
+            self._probe_indices = torch.randperm(dataset_size, generator=g)[: self.num_probes].sort().values
+        return self._probe_indices
+
+    def _probe_batch(self, trainer: Trainer, split: str) -> tuple[Tensor, Tensor]:
+        loaders = trainer.val_dataloaders if split == "val" else trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = loader.dataset
+        indices = self.probe_indices(len(dataset))
+        # each rank explains its own share; metrics are synced across ranks
+        indices = indices[trainer.global_rank :: trainer.world_size]
+        samples = [dataset[int(i)] for i in indices]
+        x = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        y = torch.as_tensor([int(s[1]) for s in samples])
+        return x, y
+
+    # -- hooks -------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not (hasattr(pl_module, "teacher") and hasattr(pl_module, "student")):
+            raise ValueError(
+                "ExplanationAgreement needs a module with a teacher and a student "
+                f"(kdlight.DistillationModule), got {type(pl_module).__name__}"
+            )
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.run(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.run(trainer, pl_module, "test")
+
+    # -- the work ----------------------------------------------------------------------------
+    def _config(self, method: str, role: str) -> AttributionConfig:
+        args = dict(self.method_args.get(method, {}))
+        layer = args.pop(f"{role}_layer", None)
+        args.pop("teacher_layer", None), args.pop("student_layer", None)
+        if layer is not None:
+            args["layer"] = layer
+        return AttributionConfig(method=method, seed=self.seed, **args)
+
+    def _explain(self, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[Tensor, Tensor]:
+        t_cfg, s_cfg = self._config(method, "teacher"), self._config(method, "student")
+        t_maps, s_maps = [], []
+        for xb, tb in zip(x.split(self.batch_size), target.split(self.batch_size)):
+            t_maps.append(attribute(teacher, xb, tb, t_cfg, train_inputs=train_inputs))
+            s_maps.append(attribute(student, xb, tb, s_cfg, train_inputs=train_inputs))
+        return torch.cat(t_maps), torch.cat(s_maps)
+
+    def _finite(self, t_maps: Tensor, s_maps: Tensor, method: str) -> Tensor:
+        ok = torch.isfinite(t_maps.flatten(1)).all(1) & torch.isfinite(s_maps.flatten(1)).all(1)
+        if not bool(ok.all()) and not self._warned_nonfinite:
+            warnings.warn(
+                f"{int((~ok).sum())} probe(s) got NaN/infinite {method} attributions and are skipped "
+                "(counted in .../nonfinite); training continues",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._warned_nonfinite = True
+        return ok
+
+    @torch.no_grad()
+    def _predict(self, model, x: Tensor) -> Tensor:
+        return torch.cat([model(xb) for xb in x.split(self.batch_size)])
+
+    def run(self, trainer: Trainer, pl_module: LightningModule, split: str) -> dict[str, float]:
+        """Explain, measure and log; returns the logged scalars (also kept in ``last_results``)."""
+        teacher, student = pl_module.teacher, pl_module.student
+        was_training = student.training
+        student.eval()
+        try:
+            results = self._run(trainer, pl_module, teacher, student, split)
+        finally:
+            student.train(was_training)
+        self.last_results = results
+        return results
+
+    def _run(self, trainer, pl_module, teacher, student, split: str) -> dict[str, float]:
+        device = pl_module.device
+        x, y = self._probe_batch(trainer, split)
+        x, y = x.to(device), y.to(device)
+        datamodule = trainer.datamodule
+        train_inputs = datamodule.train_inputs().to(device) if hasattr(datamodule, "train_inputs") else None
+        t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
+        target = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[self.target]
+        num_classes = t_logits.shape[-1]
+        prefix = f"{split}/explain"
+        results: dict[str, float] = {}
+        for method in self.methods:
+            t_maps, s_maps = self._explain(method, teacher, student, x, target, train_inputs)
+            ok = self._finite(t_maps, s_maps, method)
+            metrics = AgreementCollection(k=min(self.k, t_maps[0].numel())).to(device)
+            per_class = PerClassAgreement("rank_correlation", num_classes).to(device)
+            if ok.any():
+                metrics.update(s_maps[ok], t_maps[ok])
+                per_class.update(s_maps[ok], t_maps[ok], y[ok])
+            for name, value in metrics.compute().items():  # synced over ranks
+                results[f"{prefix}/{method}/{name}"] = float(value)
+            nonfinite = torch.tensor(float((~ok).sum()), device=device)
+            results[f"{prefix}/{method}/nonfinite"] = float(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
+            if self.faithfulness:
+                results.update(self._faithfulness(trainer, method, teacher, student, x[ok], t_maps[ok], s_maps[ok], target[ok], f"{prefix}/{method}"))
+            if trainer.is_global_zero:
+                self._log_artifacts(trainer, pl_module, split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class)
+        results[f"{prefix}/prediction_agreement"] = float(
+            trainer.strategy.reduce((t_logits.argmax(-1) == s_logits.argmax(-1)).float().mean(), reduce_op="mean")
+        )
+        if self.surrogate:
+            report = fit_surrogate(x.flatten(1).cpu(), s_logits.argmax(-1).cpu(), seed=self.seed)
+            results[f"{prefix}/surrogate/fidelity"] = report.fidelity
+            results[f"{prefix}/surrogate/leaves"] = float(report.n_leaves)
+        for name, value in results.items():
+            pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
+        return results
+
+    def _faithfulness(self, trainer, method, teacher, student, x, t_maps, s_maps, target, prefix) -> dict[str, float]:
+        if len(x) == 0:
+            return {}
+        out = {}
+        multiply = method not in LOCAL_METHODS  # local maps (gradients) are scored against additive noise
+        for role, model, maps in (("teacher", teacher, t_maps), ("student", student, s_maps)):
+            deletion, insertion = deletion_insertion_auc(model, x, maps, target)
+            infidelity = infidelity_score(model, x, maps, target, seed=self.seed, multiply_by_inputs=multiply)
+            for name, values in (("deletion_auc", deletion), ("insertion_auc", insertion), ("infidelity", infidelity)):
+                out[f"{prefix}/{role}_{name}"] = float(trainer.strategy.reduce(values.float().nanmean(), reduce_op="mean"))
+        return out
+
+    def _log_artifacts(self, trainer, pl_module, split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class) -> None:
+        epoch = trainer.current_epoch
+        datamodule = trainer.datamodule
+        class_names = getattr(datamodule, "class_names", None)
+        rows = per_class.table(class_names)
+        log_table(trainer, f"{split}/explain/{method}/per_class", pd.DataFrame(rows), epoch)
+        if not self.log_images:
+            return
+        n = min(self.num_images, len(x))
+        labels = [
+            f"y={int(y[i])} t={int(t_logits[i].argmax())} s={int(s_logits[i].argmax())}" for i in range(n)
+        ]
+        figure = explanation_figure(
+            x[:n].cpu(), t_maps[:n].cpu(), s_maps[:n].cpu(), labels=labels,
+            feature_names=getattr(datamodule, "feature_names", None),
+            title=f"{method} ({split}, epoch {epoch})",
+        )
+        log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
