@@ -1,6 +1,7 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -19,6 +20,7 @@ from kdlight.explain.surrogate import fit_surrogate
 
 TARGETS = ("teacher", "label", "student")
 LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
+CHANCE_METRICS = ("cosine", "rank_correlation", "feature_agreement")
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
 
 
@@ -30,7 +32,8 @@ class ExplanationAgreement(Callback):
     agreement, pairwise rank agreement), the deletion/insertion AUC and infidelity of both maps
     (``faithfulness=True``), a per-class table, and a figure input | teacher | student for
     ``num_images`` probes (rank zero only). A decision-tree surrogate of the student on the probe
-    inputs logs its fidelity and size (``surrogate=True``).
+    inputs logs its fidelity and size (``surrogate=True``). ``.../chance_{metric}`` is the same
+    agreement for a freshly initialised copy of the student: the floor to read curves against.
 
     Args:
         methods: attribution methods (see :func:`kdlight.explain.method_names`).
@@ -82,6 +85,7 @@ class ExplanationAgreement(Callback):
         self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
+        self._chance: dict[str, float] = {}
         self.last_results: dict[str, float] = {}
 
     # -- probe set ---------------------------------------------------------------------------
@@ -144,6 +148,29 @@ class ExplanationAgreement(Callback):
             s_maps.append(attribute(student, xb, tb, s_cfg, train_inputs=train_inputs))
         return torch.cat(t_maps), torch.cat(s_maps)
 
+    def _chance_level(self, method, teacher, student, x, target, train_inputs, t_maps, ok) -> dict[str, float]:
+        """Agreement of the teacher with a freshly initialised copy of the student (computed once).
+
+        Some metrics are far from 0 for unrelated models: methods that multiply by the input
+        (integrated gradients, input x gradient, SHAP) give zero attribution wherever the input
+        equals the baseline, so rank correlation of |attribution| mostly measures the shared input
+        support (about 0.9 for an untrained student on digits). This floor puts curves in context.
+        """
+        if method not in self._chance:
+            with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                fresh = copy.deepcopy(student)
+                for module in fresh.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            _, r_maps = self._explain(method, teacher, fresh, x, target, train_inputs)
+            ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
+            metrics = AgreementCollection(k=min(self.k, t_maps[0].numel()), names=CHANCE_METRICS).to(x.device)
+            if ok.any():
+                metrics.update(r_maps[ok], t_maps[ok])
+            self._chance[method] = {name: float(value) for name, value in metrics.compute().items()}
+        return self._chance[method]
+
     def _finite(self, t_maps: Tensor, s_maps: Tensor, method: str) -> Tensor:
         ok = torch.isfinite(t_maps.flatten(1)).all(1) & torch.isfinite(s_maps.flatten(1)).all(1)
         if not bool(ok.all()) and not self._warned_nonfinite:
@@ -193,6 +220,8 @@ class ExplanationAgreement(Callback):
                 per_class.update(s_maps[ok], t_maps[ok], y[ok])
             for name, value in metrics.compute().items():  # synced over ranks
                 results[f"{prefix}/{method}/{name}"] = float(value)
+            for name, value in self._chance_level(method, teacher, student, x, target, train_inputs, t_maps, ok).items():
+                results[f"{prefix}/{method}/chance_{name}"] = value
             nonfinite = torch.tensor(float((~ok).sum()), device=device)
             results[f"{prefix}/{method}/nonfinite"] = float(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
             if self.faithfulness:

@@ -23,9 +23,10 @@ def make_module(teacher_checkpoint, student=None):
 
 
 def small_callback(**kw):
-    settings = dict(methods=["integrated_gradients", "saliency"], num_probes=32, batch_size=16, num_images=2,
-                    method_args={"integrated_gradients": {"n_steps": 8}})
+    settings = dict(methods=["integrated_gradients", "saliency"], num_probes=32, batch_size=16, num_images=2)
     settings.update(kw)
+    if "integrated_gradients" in settings["methods"]:
+        settings.setdefault("method_args", {"integrated_gradients": {"n_steps": 8}})
     return ExplanationAgreement(**settings)
 
 
@@ -65,7 +66,12 @@ def test_identical_student_agrees_perfectly_and_fresh_one_does_not(digits, teach
         results[name] = callback.last_results
     assert results["clone"][KEY] == pytest.approx(1.0, abs=1e-5)
     assert results["clone"]["val/explain/saliency/cosine"] == pytest.approx(1.0, abs=1e-5)
-    assert results["fresh"][KEY] < 0.6
+    # saliency and cosine separate unrelated models; |IG| rank correlation is inflated by the
+    # shared input support (zero pixels get zero attribution), which the chance level exposes
+    assert results["fresh"]["val/explain/saliency/rank_correlation"] < 0.5
+    assert results["fresh"]["val/explain/integrated_gradients/cosine"] < 0.5
+    chance = results["clone"]["val/explain/integrated_gradients/chance_rank_correlation"]
+    assert chance > 0.5 and results["fresh"][KEY] == pytest.approx(chance, abs=0.15)
 
 
 def test_probe_set_is_fixed_and_bounded():
@@ -126,6 +132,6 @@ def test_needs_a_teacher_and_a_student(digits):
 
 def test_bf16_mixed_precision_gives_float32_attributions(digits, teacher_checkpoint):
     callback = small_callback(methods=["saliency"], log_images=False)
-    trainer = tiny_trainer(max_steps=2, precision="bf16-mixed", callbacks=[callback])
+    trainer = tiny_trainer(max_epochs=1, limit_train_batches=2, precision="bf16-mixed", callbacks=[callback])
     trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
     assert torch.isfinite(torch.tensor(callback.last_results["val/explain/saliency/rank_correlation"]))
