@@ -14,12 +14,14 @@ import torch
 
 from kdlight.cli import main as kdlight
 from kdlight.evaluate import compare_models, format_table, load_network
+from kdlight.reinit import reinitialized
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = [  # (row label, config, role of the network in its checkpoint)
     ("teacher (CNN)", "configs/digits/teacher.yaml"),
     ("student from scratch (MLP)", "configs/digits/scratch.yaml"),
     ("student distilled, KD (MLP)", "configs/digits/kd.yaml"),
+    ("student distilled, KD + explanation matching (MLP)", "configs/digits/kd_explain.yaml"),
 ]
 
 
@@ -32,15 +34,19 @@ def main() -> None:
     for label, config in RUNS:
         start = time.perf_counter()
         print(f"\n=== {label}: kdlight fit -c {config} ===", flush=True)
-        cli = kdlight(["fit", "-c", str(REPO / config), "--trainer.enable_model_summary=false", *extra])
+        cli = kdlight(["fit", "-c", str(REPO / config), "--trainer.enable_model_summary=false",
+                       "--trainer.enable_progress_bar=false", *extra])
         best = cli.trainer.checkpoint_callback.best_model_path
         networks[label] = load_network(cli.model, best)
+        if label.startswith("student from scratch"):
+            networks["untrained student (chance level)"] = reinitialized(networks[label])
         print(f"--- {label}: best checkpoint {best} ({time.perf_counter() - start:.0f} s)")
     datamodule = cli.datamodule
     datamodule.setup("test")
     x = torch.cat([b[0] for b in datamodule.test_dataloader()])
     y = torch.cat([b[1] for b in datamodule.test_dataloader()])
     rows = compare_models(networks, teacher=RUNS[0][0], inputs=x, labels=y, train_inputs=datamodule.train_inputs())
+    rows.sort(key=lambda r: r["model"].startswith("untrained"))
     table = format_table(rows, title=f"Digits test set ({len(y)} samples)")
     out = REPO / "runs" / "digits" / "results.md"
     out.write_text(table + "\n")

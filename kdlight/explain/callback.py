@@ -1,7 +1,6 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import fields
 from typing import Any
@@ -17,6 +16,7 @@ from kdlight.explain.methods import AttributionConfig, attribute, method_names
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
 from kdlight.explain.plots import explanation_figure
 from kdlight.explain.surrogate import fit_surrogate
+from kdlight.reinit import reinitialized
 
 TARGETS = ("teacher", "label", "student")
 LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
@@ -157,12 +157,7 @@ class ExplanationAgreement(Callback):
         support (about 0.9 for an untrained student on digits). This floor puts curves in context.
         """
         if method not in self._chance:
-            with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                fresh = copy.deepcopy(student)
-                for module in fresh.modules():
-                    if hasattr(module, "reset_parameters"):
-                        module.reset_parameters()
+            fresh = reinitialized(student, self.seed)
             _, r_maps = self._explain(method, teacher, fresh, x, target, train_inputs)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
             metrics = AgreementCollection(k=min(self.k, t_maps[0].numel()), names=CHANCE_METRICS).to(x.device)
