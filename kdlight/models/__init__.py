@@ -1,0 +1,55 @@
+"""Model zoo: one architecture family per module.
+
+Every model takes plain constructor arguments with defaults (usable by ``class_path`` in
+YAML) including ``num_classes``, exposes an ``embedding`` submodule whose output is the
+``[B, D]`` vector fed to the classifier, a ``gradcam_layer`` (last spatial stage, ``None`` for
+the MLP), ``feature_layers`` (stages for hint / attention-transfer objectives) and an
+``input_kind`` naming its natural input (``"tabular"``, ``"digits"``, ``"mnist1d"``,
+``"cifar"``).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from kdlight.models.cnn import CNN1d, CNN2d
+from kdlight.models.mlp import MLP
+from kdlight.models.resnet_cifar import (
+    CifarResNet,
+    ResNet8x4,
+    ResNet20,
+    ResNet32x4,
+    ResNet56,
+    ResNet110,
+)
+from kdlight.models.wrn import WRN16_2, WRN40_2, WideResNet
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn2d": CNN2d,
+    "cnn1d": CNN1d,
+    "cifar_resnet": CifarResNet,
+    "resnet8x4": ResNet8x4,
+    "resnet32x4": ResNet32x4,
+    "resnet20": ResNet20,
+    "resnet56": ResNet56,
+    "resnet110": ResNet110,
+    "wide_resnet": WideResNet,
+    "wrn_16_2": WRN16_2,
+    "wrn_40_2": WRN40_2,
+}
+
+__all__ = [
+    "MLP",
+    "CNN1d",
+    "CNN2d",
+    "CifarResNet",
+    "ResNet8x4",
+    "ResNet20",
+    "ResNet32x4",
+    "ResNet56",
+    "ResNet110",
+    "WideResNet",
+    "WRN16_2",
+    "WRN40_2",
+    "MODELS",
+]
