@@ -29,6 +29,13 @@ class KDLightCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of an ``raise ... from ...`` chain."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def main(args: list[str] | None = None) -> KDLightCLI | None:
     """Entry point of ``kdlight`` and ``python -m kdlight``; ``args`` replaces ``sys.argv``.
 
@@ -40,6 +47,7 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
     except USER_ERRORS as err:
         if os.environ.get("KDLIGHT_TRACEBACK"):
             raise
-        message = str(err).strip("'\"") or type(err).__name__
+        err = root_cause(err)  # jsonargparse wraps errors raised while building the classes
+        message = str(err).strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None

@@ -28,12 +28,12 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=rel)
 def test_config_parses(config):
-    ParseOnlyCLI(args=["fit", "-c", str(config)], run=False)
+    ParseOnlyCLI(args=["-c", str(config)], run=False)
 
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=rel)
 def test_fragment_stacks_on_a_config(fragment):
-    ParseOnlyCLI(args=["fit", "-c", str(REPO / "configs/digits/kd.yaml"), "-c", str(fragment)], run=False)
+    ParseOnlyCLI(args=["-c", str(REPO / "configs/digits/kd.yaml"), "-c", str(fragment)], run=False)
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.parent.name in LOCAL_DATA], ids=rel)
