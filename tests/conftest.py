@@ -38,6 +38,8 @@ def _isolate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seed_everything(0, verbose=False)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    yield
+    torch.use_deterministic_algorithms(False)  # Trainer(deterministic=True) sets it process-wide
 
 
 @pytest.fixture(scope="session")

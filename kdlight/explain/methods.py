@@ -564,8 +564,22 @@ def _prepare(
 
 @contextmanager
 def _attribution_context(device: torch.device) -> Iterator[None]:
-    with torch.inference_mode(False), torch.enable_grad(), _no_autocast(device.type):
+    with torch.inference_mode(False), torch.enable_grad(), _no_autocast(device.type), _deterministic_warn_only():
         yield
+
+
+@contextmanager
+def _deterministic_warn_only() -> Iterator[None]:
+    """Under ``Trainer(deterministic=True)`` some attribution kernels (DeepLift through max-pool
+    uses max_unpool) have no deterministic implementation; warn instead of failing the run."""
+    strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    if strict:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        if strict:
+            torch.use_deterministic_algorithms(True)
 
 
 def attribute(

@@ -493,3 +493,17 @@ def test_input_gradient_map_unknown_kind():
     model, x, target, _ = _setup("tabular")
     with pytest.raises(ValueError, match="saliency, input_x_gradient, grad_cam"):
         input_gradient_map(model, x, target, "deeplift", create_graph=False)
+
+
+def test_deeplift_through_maxpool_under_deterministic_mode_does_not_fail():
+    """Trainer(deterministic=True) turns on strict deterministic algorithms process-wide."""
+    from kdlight.explain.methods import AttributionConfig, attribute
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = attribute(model, torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), AttributionConfig("deeplift_shap"))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert out.shape == (4, 1, 8, 8)
