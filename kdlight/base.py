@@ -20,15 +20,25 @@ except ImportError:  # pragma: no cover - older/newer Lightning
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     """Split a batch into inputs and labels; ``(x,)`` or a bare tensor means unlabeled."""
+    x, y, _ = unpack_indexed_batch(batch)
+    return x, y
+
+
+def unpack_indexed_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(inputs, labels, sample indices)``; labels and indices may be None.
+
+    Accepts a tensor, ``(x,)``, ``(x, y)``, ``(x, y, index)`` or ``{"x", "y", "index"}``.
+    """
     if isinstance(batch, Tensor):
-        return batch, None
+        return batch, None, None
     if isinstance(batch, dict):
-        return batch["x"], batch.get("y")
-    if isinstance(batch, (list, tuple)) and 1 <= len(batch) <= 2:
-        return batch[0], (batch[1] if len(batch) == 2 else None)
+        return batch["x"], batch.get("y"), batch.get("index")
+    if isinstance(batch, (list, tuple)) and 1 <= len(batch) <= 3:
+        padded = [*batch, None, None]
+        return padded[0], padded[1], padded[2]
     raise ValueError(
-        "batches must be a tensor, (inputs,), (inputs, labels) or {'x': ..., 'y': ...}; "
-        f"got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}"
+        "batches must be a tensor, (inputs,), (inputs, labels), (inputs, labels, index) or a dict with "
+        f"'x', 'y', 'index'; got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}"
     )
 
 

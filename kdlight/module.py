@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch
+from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
+from kdlight.cache import TeacherCache, data_fingerprint, teacher_fingerprint
 from kdlight.checkpoint import load_weights
 from kdlight.errors import check_finite_loss
 from kdlight.functional.agreement import predictive_kl, top1_agreement
@@ -33,6 +34,11 @@ class DistillationModule(SupervisedBase):
     the optimizer. The optimizer sees the student's parameters plus the objective's trainable
     parts (hint regressors). Validation/test log student accuracy and macro-F1, teacher accuracy,
     top-1 agreement and predictive KL(teacher || student).
+
+    ``teacher_cache`` (``"memory"`` or a directory) computes the teacher's logits and tapped
+    features once per training sample and reuses them every epoch; it refuses randomly augmented
+    training data unless ``cache_augmented=True`` (then every view of a sample gets the targets of
+    the first view the teacher saw).
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class DistillationModule(SupervisedBase):
         lr_scheduler_interval: str = "epoch",
         num_classes: int | None = None,
         check_finite: bool = True,
+        teacher_cache: str | None = None,
+        cache_augmented: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["teacher", "student", "objective", "optimizer", "lr_scheduler"])
@@ -57,6 +65,8 @@ class DistillationModule(SupervisedBase):
         self.student = student
         self.objective = objective if objective is not None else KD()
         self.check_finite = check_finite
+        self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
+        self._cache: TeacherCache | None = None
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
         self._feature_shapes: dict[str, Any] | None = None
@@ -74,6 +84,8 @@ class DistillationModule(SupervisedBase):
     # -- setup: taps, shape checks, objective parts, metrics -------------------------------------
     def setup(self, stage: str) -> None:
         self._attach_taps()
+        if self.teacher_cache is not None and stage == "fit" and self._cache is None:
+            self._setup_cache()
         x = self.example_input()
         step = self._probe_step(x)
         t_classes, s_classes = step.teacher_logits.shape[-1], step.student_logits.shape[-1]
@@ -99,6 +111,30 @@ class DistillationModule(SupervisedBase):
                 }
             )
             setattr(self, f"{split}_metrics", metrics)
+
+    def _setup_cache(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "return_index"):
+            raise ValueError(
+                "teacher_cache needs a kdlight data module (kdlight.data.*) whose training batches can carry "
+                "sample indices; for your own data module add `return_index` and yield (x, y, index) batches"
+            )
+        if getattr(datamodule, "augmented", False) and not self.cache_augmented:
+            raise ValueError(
+                f"teacher_cache with randomly augmented training data ({type(datamodule).__name__}) would give "
+                "stale targets: every augmented view would get the teacher output of the first view; turn "
+                "augmentation off, drop teacher_cache, or set cache_augmented=true to accept that"
+            )
+        datamodule.return_index = True
+        inputs = datamodule.train_inputs()
+        self._cache = TeacherCache(
+            size=len(inputs), location=self.teacher_cache, teacher_key=teacher_fingerprint(self.teacher),
+            data_key=data_fingerprint(inputs), rank=self.global_rank,
+        ).to(self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if self._cache is not None:
+            self._cache.end_epoch()
 
     def _attach_taps(self) -> None:
         if self._student_taps is None:
@@ -141,11 +177,24 @@ class DistillationModule(SupervisedBase):
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
-    def distill_step(self, x: Tensor, y: Tensor | None) -> tuple[DistillStep, list[LossTerm]]:
-        """Teacher and student forward passes and the objective's terms for one batch."""
+    def teacher_outputs(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The teacher's logits and tapped features: from the cache when it has them."""
+        if self._cache is not None:
+            if index is None:
+                raise ValueError("teacher_cache is on but the training batch carries no sample indices")
+            cached = self._cache.lookup(index)
+            if cached is not None:
+                return cached
         with torch.no_grad():
             t_logits = self.teacher(x)
         t_features = self._teacher_taps.pop()
+        if self._cache is not None:
+            self._cache.store(index, t_logits, t_features)
+        return t_logits, t_features
+
+    def distill_step(self, x: Tensor, y: Tensor | None, index: Tensor | None = None) -> tuple[DistillStep, list[LossTerm]]:
+        """Teacher (or cache) and student forward passes and the objective's terms for one batch."""
+        t_logits, t_features = self.teacher_outputs(x, index)
         s_logits = self.student(x)
         step = DistillStep(
             inputs=x,
@@ -162,13 +211,15 @@ class DistillationModule(SupervisedBase):
         return step, self.objective(step)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y = unpack_batch(batch)
-        step, terms = self.distill_step(x, y)
+        x, y, index = unpack_indexed_batch(batch)
+        step, terms = self.distill_step(x, y, index)
         loss = total_loss(terms)
         if self.check_finite:
             check_finite_loss({t.name: t.value for t in terms}, self.current_epoch, self.global_step)
         for term in terms:
             self.log(f"train/loss_{term.name}", term.value.detach(), on_step=True, on_epoch=True)
+            if term.scheduled:
+                self.log(f"train/weight_{term.name}", term.weight, on_step=True, on_epoch=False)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
         if y is not None:
             self.train_metrics.update(step.student_logits.detach(), y)

@@ -36,6 +36,7 @@ class LossTerm:
     name: str
     value: Tensor
     weight: float = 1.0
+    scheduled: bool = False  # the weight follows a Schedule: log it too
 
     @property
     def weighted(self) -> Tensor:

@@ -12,6 +12,40 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 SPLITS = ("train", "val", "test")
 
 
+class IndexedDataset(Dataset):
+    """Wrap a dataset so every sample also carries its index: ``(*sample, index)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed from a checkpoint sees
+    exactly the order an uninterrupted run would have seen.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 def stratified_split(labels: np.ndarray | Tensor, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(len(labels))`` into ``len(fractions) + 1`` disjoint, stratified index arrays.
 
@@ -57,6 +91,8 @@ class ArrayDataModule(L.LightningDataModule):
     class_names: list[str]
     feature_names: list[str] | None = None
     augmented: bool = False
+    #: set by ``DistillationModule(teacher_cache=...)``: training batches become ``(x, y, index)``
+    return_index: bool = False
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, val_fraction: float = 0.15) -> None:
         super().__init__()
@@ -117,20 +153,21 @@ class ArrayDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        dataset = self._datasets[split]
+        if split == "train" and self.return_index:
+            dataset = IndexedDataset(dataset)
         return DataLoader(
-            self._datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader (order seeded from ``seed``)."""
+        """Shuffled training loader (order a function of ``seed`` and the epoch)."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from kdlight.schedules import Schedule, resolve
 from kdlight.step import DistillStep, LossTerm
 
 
@@ -26,3 +27,8 @@ class Objective(nn.Module):
 
     def forward(self, step: DistillStep) -> list[LossTerm]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def term(name: str, value, weight: float | Schedule, step: DistillStep) -> LossTerm:
+        """A :class:`LossTerm` whose weight may follow a :class:`~kdlight.schedules.Schedule`."""
+        return LossTerm(name, value, resolve(weight, step.epoch, step.global_step), isinstance(weight, Schedule))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from kdlight.explain.methods import TRAINING_MAP_KINDS, input_gradient_map
 from kdlight.objectives.base import Objective
+from kdlight.schedules import Schedule
 from kdlight.step import DistillStep, LossTerm
 
 
@@ -22,7 +23,7 @@ class ExplanationMatching(Objective):
     def __init__(
         self,
         kind: str = "saliency",
-        weight: float = 1.0,
+        weight: float | Schedule = 1.0,
         student_layer: str | None = None,
         teacher_layer: str | None = None,
         n_steps: int = 8,
@@ -32,7 +33,7 @@ class ExplanationMatching(Objective):
             raise ValueError(f"unknown explanation kind {kind!r}; valid kinds are: {', '.join(TRAINING_MAP_KINDS)}")
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        self.kind, self.weight, self.n_steps = kind, float(weight), n_steps
+        self.kind, self.weight, self.n_steps = kind, weight, n_steps
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.needs_models = True
 
@@ -52,4 +53,4 @@ class ExplanationMatching(Objective):
     def forward(self, step: DistillStep) -> list[LossTerm]:
         e_t, e_s = self.maps(step)
         cosine = F.cosine_similarity(e_s.flatten(1).float(), e_t.flatten(1).float(), dim=1, eps=1e-8)
-        return [LossTerm("explain", (1.0 - cosine).mean(), self.weight)]
+        return [self.term("explain", (1.0 - cosine).mean(), self.weight, step)]

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from kdlight.functional.distillation import attention_transfer_loss, pkt_loss, rkd_loss
 from kdlight.objectives.base import Objective
+from kdlight.schedules import Schedule
 from kdlight.step import DistillStep, LossTerm
 
 
@@ -40,10 +41,10 @@ class Hint(Objective):
     student and saved in its checkpoints.
     """
 
-    def __init__(self, student_layer: str, teacher_layer: str, weight: float = 100.0, kernel_size: int = 1) -> None:
+    def __init__(self, student_layer: str, teacher_layer: str, weight: float | Schedule = 100.0, kernel_size: int = 1) -> None:
         super().__init__()
         self.student_layers, self.teacher_layers = [student_layer], [teacher_layer]
-        self.weight, self.kernel_size = float(weight), kernel_size
+        self.weight, self.kernel_size = weight, kernel_size
         self.regressor: nn.Module | None = None
         self.shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
@@ -63,13 +64,13 @@ class Hint(Objective):
         if self.regressor is None:
             raise RuntimeError("Hint.build() was not called; DistillationModule.setup() builds it")
         f_s, f_t = self._pair(step)
-        return [LossTerm("hint", F.mse_loss(self.regressor(f_s), f_t.detach()), self.weight)]
+        return [self.term("hint", F.mse_loss(self.regressor(f_s), f_t.detach()), self.weight, step)]
 
 
 class AttentionTransfer(Objective):
     """Attention transfer over paired layers, summed over pairs (term ``at``; reference beta=1000)."""
 
-    def __init__(self, student_layers: list[str], teacher_layers: list[str], weight: float = 1000.0) -> None:
+    def __init__(self, student_layers: list[str], teacher_layers: list[str], weight: float | Schedule = 1000.0) -> None:
         super().__init__()
         if len(student_layers) != len(teacher_layers) or not student_layers:
             raise ValueError(
@@ -77,25 +78,25 @@ class AttentionTransfer(Objective):
                 f"got {len(student_layers)} and {len(teacher_layers)}"
             )
         self.student_layers, self.teacher_layers = list(student_layers), list(teacher_layers)
-        self.weight = float(weight)
+        self.weight = weight
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         losses = [
             attention_transfer_loss(step.student_features[s], step.teacher_features[t])
             for s, t in zip(self.student_layers, self.teacher_layers)
         ]
-        return [LossTerm("at", sum(losses[1:], losses[0]), self.weight)]
+        return [self.term("at", sum(losses[1:], losses[0]), self.weight, step)]
 
 
 class _EmbeddingObjective(Objective):
     """Shared plumbing of the relational objectives: one embedding layer per model (or logits)."""
 
-    def __init__(self, student_layer: str | None, teacher_layer: str | None, weight: float) -> None:
+    def __init__(self, student_layer: str | None, teacher_layer: str | None, weight: float | Schedule) -> None:
         super().__init__()
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.student_layers = [student_layer] if student_layer else []
         self.teacher_layers = [teacher_layer] if teacher_layer else []
-        self.weight = float(weight)
+        self.weight = weight
 
     def embeddings(self, step: DistillStep) -> tuple[Tensor, Tensor]:
         e_s = step.student_features[self.student_layer] if self.student_layer else step.student_logits
@@ -115,7 +116,7 @@ class RKD(_EmbeddingObjective):
         teacher_layer: str | None = "embedding",
         distance_weight: float = 25.0,
         angle_weight: float = 50.0,
-        weight: float = 1.0,
+        weight: float | Schedule = 1.0,
     ) -> None:
         super().__init__(student_layer, teacher_layer, weight)
         self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
@@ -123,7 +124,7 @@ class RKD(_EmbeddingObjective):
     def forward(self, step: DistillStep) -> list[LossTerm]:
         e_s, e_t = self.embeddings(step)
         value = rkd_loss(e_s, e_t, self.distance_weight, self.angle_weight)
-        return [LossTerm("rkd", value, self.weight)]
+        return [self.term("rkd", value, self.weight, step)]
 
 
 class PKT(_EmbeddingObjective):
@@ -133,10 +134,10 @@ class PKT(_EmbeddingObjective):
         self,
         student_layer: str | None = "embedding",
         teacher_layer: str | None = "embedding",
-        weight: float = 30000.0,
+        weight: float | Schedule = 30000.0,
     ) -> None:
         super().__init__(student_layer, teacher_layer, weight)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         e_s, e_t = self.embeddings(step)
-        return [LossTerm("pkt", pkt_loss(e_s, e_t), self.weight)]
+        return [self.term("pkt", pkt_loss(e_s, e_t), self.weight, step)]

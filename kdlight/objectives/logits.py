@@ -5,13 +5,21 @@ import torch.nn.functional as F
 
 from kdlight.functional.distillation import dkd_loss, kd_loss
 from kdlight.objectives.base import Objective
+from kdlight.schedules import LinearWarmup, Schedule, resolve
 from kdlight.step import DistillStep, LossTerm
 
 
-def check_temperature(temperature: float) -> float:
+def check_temperature(temperature: float | Schedule) -> float | Schedule:
+    if isinstance(temperature, Schedule):
+        return temperature
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}; KD papers use 1-8 (4 is usual)")
     return float(temperature)
+
+
+def temperature_at(temperature: float | Schedule, step: DistillStep) -> float:
+    """The temperature for this step; a schedule that reaches <= 0 is an error."""
+    return check_temperature(resolve(temperature, step.epoch, step.global_step))
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -23,29 +31,32 @@ def check_fraction(name: str, value: float) -> float:
 class CrossEntropy(Objective):
     """Cross-entropy with the labels (term ``ce``); the student-only baseline."""
 
-    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: float | Schedule = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.weight = float(weight)
+        self.weight = weight
         self.label_smoothing = check_fraction("label_smoothing", label_smoothing)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
             return []
         value = F.cross_entropy(step.student_logits, step.target, label_smoothing=self.label_smoothing)
-        return [LossTerm("ce", value, self.weight)]
+        return [self.term("ce", value, self.weight, step)]
 
 
 class KD(Objective):
-    """Hinton KD: ``(1 - alpha) * CE + alpha * T^2 * KL(p_t || p_s)`` (terms ``ce`` and ``kd``)."""
+    """Hinton KD: ``(1 - alpha) * CE + alpha * T^2 * KL(p_t || p_s)`` (terms ``ce`` and ``kd``).
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
+    ``temperature`` may be a :class:`~kdlight.schedules.Schedule` (per epoch or step).
+    """
+
+    def __init__(self, temperature: float | Schedule = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
         self.alpha = check_fraction("alpha", alpha)
         self.ce = CrossEntropy(weight=1.0 - self.alpha)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
-        kd = kd_loss(step.student_logits, step.teacher_logits, self.temperature)
+        kd = kd_loss(step.student_logits, step.teacher_logits, temperature_at(self.temperature, step))
         terms = self.ce(step) if self.alpha < 1.0 else []
         return [*terms, LossTerm("kd", kd, self.alpha)]
 
@@ -54,33 +65,36 @@ class DKD(Objective):
     """Decoupled KD (Zhao et al. 2022): ``ce_weight * CE + warmup * (alpha*TCKD + beta*NCKD)``.
 
     The warm-up factor is ``min(epoch / warmup_epochs, 1)`` with epochs counted from 1, as in the
-    reference code (Lightning counts from 0, so epoch ``e`` uses ``(e + 1) / warmup_epochs``).
-    ``warmup_epochs=0`` disables it. Terms: ``ce`` and ``dkd``.
+    reference code, expressed as ``LinearWarmup(warmup_epochs)`` (Lightning counts from 0, so epoch
+    ``e`` uses ``(e + 1) / warmup_epochs``). ``warmup_epochs=0`` disables it; ``warmup`` takes
+    any other :class:`~kdlight.schedules.Schedule` instead. Terms: ``ce`` and ``dkd``.
     """
 
     def __init__(
         self,
         alpha: float = 1.0,
         beta: float = 8.0,
-        temperature: float = 4.0,
-        ce_weight: float = 1.0,
+        temperature: float | Schedule = 4.0,
+        ce_weight: float | Schedule = 1.0,
         warmup_epochs: int = 20,
+        warmup: Schedule | None = None,
     ) -> None:
         super().__init__()
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.temperature = check_temperature(temperature)
-        self.warmup_epochs = warmup_epochs
+        if warmup is None:
+            warmup = LinearWarmup(length=warmup_epochs) if warmup_epochs > 0 else 1.0
+        self.warmup_weight = warmup
         self.ce = CrossEntropy(weight=ce_weight)
 
-    def warmup(self, epoch: int) -> float:
-        return 1.0 if self.warmup_epochs == 0 else min((epoch + 1) / self.warmup_epochs, 1.0)
+    def warmup(self, epoch: int, step: int = 0) -> float:
+        return resolve(self.warmup_weight, epoch, step)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
             raise ValueError("DKD needs labels: its target-class split uses the ground truth")
-        value = dkd_loss(
-            step.student_logits, step.teacher_logits, step.target, self.alpha, self.beta, self.temperature
-        )
-        return [*self.ce(step), LossTerm("dkd", value, self.warmup(step.epoch))]
+        temperature = temperature_at(self.temperature, step)
+        value = dkd_loss(step.student_logits, step.teacher_logits, step.target, self.alpha, self.beta, temperature)
+        return [*self.ce(step), self.term("dkd", value, self.warmup_weight, step)]

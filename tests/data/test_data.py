@@ -120,7 +120,9 @@ def test_loaders_batches_and_order():
     assert not torch.equal(x0, x_train[:50])
     assert torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=0).train_dataloader()))[0], x0)
     assert not torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=5).train_dataloader()))[1], y0)
-    # second epoch differs from the first
+    # the order is a function of (seed, epoch): same epoch repeats (resumable), next epoch differs
+    assert torch.equal(next(iter(train))[1], y0)
+    train.sampler.set_epoch(1)
     assert not torch.equal(next(iter(train))[1], y0)
     # val/test in order
     xv, yv = next(iter(dm.val_dataloader()))
@@ -386,3 +388,12 @@ def test_cifar_missing(tmp_path):
     _write_batch(folder / "train", np.zeros((1, 3, 32, 32), np.uint8), np.zeros(1, np.int64), b"fine_labels")
     with pytest.raises(FileNotFoundError, match=r"missing: \['test'\]"):
         CIFAR100DataModule(str(tmp_path)).example_input()
+
+
+def test_return_index_adds_sample_indices_to_training_batches():
+    dm = DigitsDataModule(batch_size=32, seed=0)
+    dm.return_index = True
+    x, y, index = next(iter(dm.train_dataloader()))
+    x_train, y_train = dm.split_tensors("train")
+    assert torch.equal(x, x_train[index]) and torch.equal(y, y_train[index])
+    assert len(next(iter(dm.val_dataloader()))) == 2  # only the training stream carries indices
