@@ -95,7 +95,10 @@ class SupervisedBase(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def example_input(self) -> Tensor:
-        """A small real input batch from the datamodule, on this module's device."""
+        """A small real input batch from the datamodule, on the device the weights are on now.
+
+        (During ``setup`` Lightning already reports the target device as ``self.device`` while the
+        weights are still on the CPU.)"""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             raise ValueError("kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to probe shapes")
@@ -104,7 +107,8 @@ class SupervisedBase(LightningModule):
         else:
             x, _ = unpack_batch(next(iter(datamodule.train_dataloader())))
             x = x[:2]
-        return x.to(self.device)
+        weights = next(self.parameters(), None)
+        return x.to(weights.device if weights is not None else self.device)
 
     def resolve_num_classes(self, logits: Tensor) -> int:
         """The class count: given explicitly, else read off the probed logits."""
