@@ -32,6 +32,8 @@ def unpack_indexed_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | No
     if isinstance(batch, Tensor):
         return batch, None, None
     if isinstance(batch, dict):
+        if "labeled" in batch:  # {"labeled": ..., "transfer": ...} from a data module with a transfer set
+            return unpack_indexed_batch(batch["labeled"])
         return batch["x"], batch.get("y"), batch.get("index")
     if isinstance(batch, (list, tuple)) and 1 <= len(batch) <= 3:
         padded = [*batch, None, None]
@@ -105,7 +107,9 @@ class SupervisedBase(LightningModule):
         if hasattr(datamodule, "example_input"):
             x = datamodule.example_input(2)
         else:
-            x, _ = unpack_batch(next(iter(datamodule.train_dataloader())))
+            loader = datamodule.train_dataloader()
+            loader = loader["labeled"] if isinstance(loader, dict) else loader
+            x, _ = unpack_batch(next(iter(loader)))
             x = x[:2]
         weights = next(self.parameters(), None)
         return x.to(weights.device if weights is not None else self.device)

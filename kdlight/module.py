@@ -17,8 +17,9 @@ from kdlight.checkpoint import load_weights
 from kdlight.errors import check_finite_loss
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
-from kdlight.step import DistillStep, LossTerm, total_loss
+from kdlight.step import UNLABELED, DistillStep, LossTerm, total_loss
 from kdlight.taps import FeatureTaps
+from kdlight.transforms import BatchTransform
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -39,6 +40,12 @@ class DistillationModule(SupervisedBase):
     features once per training sample and reuses them every epoch; it refuses randomly augmented
     training data unless ``cache_augmented=True`` (then every view of a sample gets the targets of
     the first view the teacher saw).
+
+    Data modules with an unlabeled transfer set yield ``{"labeled": (x, y), "transfer": (x,)}``
+    batches: label terms (CE, DKD) see the labeled samples, teacher-matching terms all of them.
+    ``batch_transform`` (e.g. :class:`kdlight.transforms.MixUp`) augments the whole batch inside
+    the step, so teacher and student see the identical view ("function matching"); mixing
+    transforms drop the labels.
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class DistillationModule(SupervisedBase):
         check_finite: bool = True,
         teacher_cache: str | None = None,
         cache_augmented: bool = False,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["teacher", "student", "objective", "optimizer", "lr_scheduler"])
@@ -67,6 +75,7 @@ class DistillationModule(SupervisedBase):
         self.check_finite = check_finite
         self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
         self._cache: TeacherCache | None = None
+        self.batch_transform = batch_transform
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
         self._feature_shapes: dict[str, Any] | None = None
@@ -114,6 +123,13 @@ class DistillationModule(SupervisedBase):
 
     def _setup_cache(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        if self.batch_transform is not None:
+            raise ValueError(
+                "teacher_cache cannot be combined with batch_transform (function matching): the teacher must see "
+                "each freshly augmented batch online; drop one of the two"
+            )
+        if hasattr(datamodule, "transfer_dataset") and datamodule.transfer_dataset() is not None:
+            raise ValueError("teacher_cache does not cover transfer sets yet; set transfer_size to null or drop teacher_cache")
         if not hasattr(datamodule, "return_index"):
             raise ValueError(
                 "teacher_cache needs a kdlight data module (kdlight.data.*) whose training batches can carry "
@@ -210,8 +226,45 @@ class DistillationModule(SupervisedBase):
         )
         return step, self.objective(step)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_inputs(self, batch) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
+        """Inputs, labels (``UNLABELED`` for transfer samples), indices and the labeled count.
+
+        Labeled samples come first; ``batch_transform`` is applied to the whole batch.
+        """
+        transfer = batch.get("transfer") if isinstance(batch, dict) and "labeled" in batch else None
         x, y, index = unpack_indexed_batch(batch)
+        n_labeled = len(x) if y is not None else 0
+        if transfer is not None:
+            x_u = self._transfer_inputs(transfer, x)
+            if y is not None:
+                y = torch.cat([y, torch.full((len(x_u),), UNLABELED, dtype=y.dtype, device=y.device)])
+            x, index = torch.cat([x, x_u]), None
+        if self.batch_transform is not None:
+            x = self.batch_transform(x)
+            if not self.batch_transform.keeps_labels:
+                y, n_labeled = None, 0
+        return x, y, index, n_labeled
+
+    @staticmethod
+    def _transfer_inputs(transfer, labeled_x: Tensor) -> Tensor:
+        if isinstance(transfer, Tensor):
+            x_u = transfer
+        elif isinstance(transfer, (list, tuple)) and len(transfer) == 1:
+            x_u = transfer[0]
+        else:
+            count = len(transfer) if hasattr(transfer, "__len__") else "?"
+            raise ValueError(
+                f"the transfer loader must yield unlabeled inputs only, (x,) or a tensor, but yielded {count} items; "
+                "drop the labels from the transfer set (labeled data belongs in the labeled stream)"
+            )
+        if x_u.shape[1:] != labeled_x.shape[1:]:
+            raise ValueError(
+                f"transfer inputs have shape {tuple(x_u.shape[1:])} per sample but labeled inputs {tuple(labeled_x.shape[1:])}"
+            )
+        return x_u
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y, index, n_labeled = self.training_inputs(batch)
         step, terms = self.distill_step(x, y, index)
         loss = total_loss(terms)
         if self.check_finite:
@@ -220,9 +273,12 @@ class DistillationModule(SupervisedBase):
             self.log(f"train/loss_{term.name}", term.value.detach(), on_step=True, on_epoch=True)
             if term.scheduled:
                 self.log(f"train/weight_{term.name}", term.weight, on_step=True, on_epoch=False)
+            if n_labeled < len(x):  # say which samples each term saw
+                seen = n_labeled if term.samples == "labeled" else len(x)
+                self.log(f"train/samples_{term.name}", float(seen), on_step=False, on_epoch=True, reduce_fx="sum")
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-        if y is not None:
-            self.train_metrics.update(step.student_logits.detach(), y)
+        if n_labeled:
+            self.train_metrics.update(step.student_logits[:n_labeled].detach(), y[:n_labeled])
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 

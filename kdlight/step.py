@@ -7,13 +7,18 @@ import torch
 from torch import Tensor, nn
 
 
+#: label of a sample that has none (transfer sets, mixed inputs); label terms skip it
+UNLABELED = -1
+
+
 @dataclass
 class DistillStep:
     """Everything an objective may read for one batch.
 
     ``student_features`` / ``teacher_features`` map a submodule path (e.g. ``"layer3"``) to that
-    submodule's output, captured by :class:`kdlight.taps.FeatureTaps`. ``target`` is ``None`` for
-    unlabeled samples. ``student`` / ``teacher`` are the models themselves, for objectives that
+    submodule's output, captured by :class:`kdlight.taps.FeatureTaps`. ``target`` is ``None`` when
+    no sample of the batch has a label, and holds :data:`UNLABELED` for the unlabeled ones of a
+    mixed batch (labeled samples first). ``student`` / ``teacher`` are the models themselves, for objectives that
     need to differentiate through them (explanation matching).
     """
 
@@ -37,6 +42,7 @@ class LossTerm:
     value: Tensor
     weight: float = 1.0
     scheduled: bool = False  # the weight follows a Schedule: log it too
+    samples: str = "all"  # which samples the term saw: "all" or "labeled"
 
     @property
     def weighted(self) -> Tensor:

@@ -46,6 +46,13 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def check_transfer_size(transfer_size: int | None) -> int | None:
+    """None (no transfer set) or a positive size."""
+    if transfer_size is not None and transfer_size <= 0:
+        raise ValueError(f"transfer_size must be a positive number of samples (or null for none), got {transfer_size}")
+    return transfer_size
+
+
 def stratified_split(labels: np.ndarray | Tensor, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(len(labels))`` into ``len(fractions) + 1`` disjoint, stratified index arrays.
 
@@ -166,9 +173,29 @@ class ArrayDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader (order a function of ``seed`` and the epoch)."""
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        """Shuffled training loader (order a function of ``seed`` and the epoch).
+
+        With a transfer set (:meth:`transfer_dataset`), ``{"labeled": ..., "transfer": ...}``:
+        Lightning cycles the shorter stream, so every step sees one batch of each.
+        """
+        labeled = self._loader("train", shuffle=True)
+        transfer = self.transfer_dataset()
+        if transfer is None:
+            return labeled
+        loader = DataLoader(
+            transfer,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(transfer), self.seed + 1),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return {"labeled": labeled, "transfer": loader}
+
+    def transfer_dataset(self) -> Dataset | None:
+        """Unlabeled inputs ``(x,)`` for the teacher-matching terms; None when there are none."""
+        return None
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -29,6 +29,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     @staticmethod
-    def term(name: str, value, weight: float | Schedule, step: DistillStep) -> LossTerm:
+    def term(name: str, value, weight: float | Schedule, step: DistillStep, samples: str = "all") -> LossTerm:
         """A :class:`LossTerm` whose weight may follow a :class:`~kdlight.schedules.Schedule`."""
-        return LossTerm(name, value, resolve(weight, step.epoch, step.global_step), isinstance(weight, Schedule))
+        weight_now = resolve(weight, step.epoch, step.global_step)
+        return LossTerm(name, value, weight_now, isinstance(weight, Schedule), samples)

@@ -33,7 +33,7 @@ class Composite(Objective):
     def forward(self, step: DistillStep) -> list[LossTerm]:
         terms: list[LossTerm] = []
         for part, factor in zip(self.parts, self.scale):
-            terms += [LossTerm(t.name, t.value, t.weight * factor, t.scheduled) for t in part(step)]
+            terms += [LossTerm(t.name, t.value, t.weight * factor, t.scheduled, t.samples) for t in part(step)]
         names = [t.name for t in terms]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

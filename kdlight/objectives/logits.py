@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from kdlight.functional.distillation import dkd_loss, kd_loss
 from kdlight.objectives.base import Objective
 from kdlight.schedules import LinearWarmup, Schedule, resolve
-from kdlight.step import DistillStep, LossTerm
+from kdlight.step import UNLABELED, DistillStep, LossTerm
 
 
 def check_temperature(temperature: float | Schedule) -> float | Schedule:
@@ -29,7 +29,7 @@ def check_fraction(name: str, value: float) -> float:
 
 
 class CrossEntropy(Objective):
-    """Cross-entropy with the labels (term ``ce``); the student-only baseline."""
+    """Cross-entropy with the labels (term ``ce``, labeled samples only); the student-only baseline."""
 
     def __init__(self, weight: float | Schedule = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -39,8 +39,10 @@ class CrossEntropy(Objective):
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
             return []
-        value = F.cross_entropy(step.student_logits, step.target, label_smoothing=self.label_smoothing)
-        return [self.term("ce", value, self.weight, step)]
+        value = F.cross_entropy(
+            step.student_logits, step.target, ignore_index=UNLABELED, label_smoothing=self.label_smoothing
+        )
+        return [self.term("ce", value, self.weight, step, samples="labeled")]
 
 
 class KD(Objective):
@@ -96,5 +98,7 @@ class DKD(Objective):
         if step.target is None:
             raise ValueError("DKD needs labels: its target-class split uses the ground truth")
         temperature = temperature_at(self.temperature, step)
-        value = dkd_loss(step.student_logits, step.teacher_logits, step.target, self.alpha, self.beta, temperature)
-        return [*self.ce(step), self.term("dkd", value, self.warmup_weight, step)]
+        labeled = step.target != UNLABELED  # DKD splits by the true class: labeled samples only
+        s, t, y = step.student_logits[labeled], step.teacher_logits[labeled], step.target[labeled]
+        value = dkd_loss(s, t, y, self.alpha, self.beta, temperature)
+        return [*self.ce(step), self.term("dkd", value, self.warmup_weight, step, samples="labeled")]
