@@ -9,7 +9,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch
-from kdlight.errors import check_finite_loss
 
 
 class ClassifierModule(SupervisedBase):
@@ -35,7 +34,7 @@ class ClassifierModule(SupervisedBase):
 
     def setup(self, stage: str) -> None:
         num_classes = self.resolve_num_classes(probe(self.model, self.example_input()))
-        for split in ("train", "val", "test"):
+        for split in ("val", "test"):
             setattr(self, f"{split}_metrics", classification_metrics(num_classes, f"{split}/"))
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -48,10 +47,7 @@ class ClassifierModule(SupervisedBase):
         x, y = unpack_batch(batch)
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        check_finite_loss({"ce": loss}, self.current_epoch, self.global_step)
-        self.train_metrics.update(logits.detach(), y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.record_training({"train/loss": loss}, logits, y)
         return loss
 
     def _evaluate(self, batch, split: str) -> None:

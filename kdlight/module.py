@@ -14,7 +14,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
 from kdlight.cache import TeacherCache, data_fingerprint, teacher_fingerprint
 from kdlight.checkpoint import load_weights
-from kdlight.errors import check_finite_loss
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
 from kdlight.step import UNLABELED, DistillStep, LossTerm, total_loss
@@ -72,7 +71,7 @@ class DistillationModule(SupervisedBase):
         self.teacher = freeze(teacher)
         self.student = student
         self.objective = objective if objective is not None else KD()
-        self.check_finite = check_finite
+        self.check_finite = check_finite  # checked on logging steps (every log_every_n_steps)
         self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
         self._cache: TeacherCache | None = None
         self.batch_transform = batch_transform
@@ -109,7 +108,6 @@ class DistillationModule(SupervisedBase):
             "teacher": {k: tuple(v.shape) for k, v in step.teacher_features.items()},
         }
         num_classes = self.resolve_num_classes(step.student_logits)
-        self.train_metrics = classification_metrics(num_classes, "train/")
         for split in ("val", "test"):
             metrics = nn.ModuleDict(
                 {
@@ -149,6 +147,7 @@ class DistillationModule(SupervisedBase):
         ).to(self.device)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self._cache is not None:
             self._cache.end_epoch()
 
@@ -267,19 +266,13 @@ class DistillationModule(SupervisedBase):
         x, y, index, n_labeled = self.training_inputs(batch)
         step, terms = self.distill_step(x, y, index)
         loss = total_loss(terms)
-        if self.check_finite:
-            check_finite_loss({t.name: t.value for t in terms}, self.current_epoch, self.global_step)
-        for term in terms:
-            self.log(f"train/loss_{term.name}", term.value.detach(), on_step=True, on_epoch=True)
-            if term.scheduled:
-                self.log(f"train/weight_{term.name}", term.weight, on_step=True, on_epoch=False)
-            if n_labeled < len(x):  # say which samples each term saw
-                seen = n_labeled if term.samples == "labeled" else len(x)
-                self.log(f"train/samples_{term.name}", float(seen), on_step=False, on_epoch=True, reduce_fx="sum")
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-        if n_labeled:
-            self.train_metrics.update(step.student_logits[:n_labeled].detach(), y[:n_labeled])
-            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        scalars = {"train/loss": loss, **{f"train/loss_{t.name}": t.value for t in terms}}
+        samples = None
+        if n_labeled < len(x):  # say which samples each term saw
+            samples = {t.name: n_labeled if t.samples == "labeled" else len(x) for t in terms}
+        weights = {f"train/weight_{t.name}": t.weight for t in terms if t.scheduled}
+        labeled = slice(0, n_labeled)
+        self.record_training(scalars, step.student_logits[labeled], y[labeled] if n_labeled else None, samples, weights)
         return loss
 
     def _evaluate(self, batch, split: str) -> None:

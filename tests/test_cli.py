@@ -25,7 +25,7 @@ def test_fit_teacher_then_distill_from_its_checkpoint(tmp_path):
     checkpoints = sorted(tmp_path.rglob("*.ckpt"))
     assert checkpoints, "the teacher run saved no checkpoint"
     cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), f"--model.init_args.teacher_checkpoint={checkpoints[0]}", *FAST)
-    assert "train/loss_kd" in cli.trainer.callback_metrics
+    assert "train/loss_kd_epoch" in cli.trainer.callback_metrics
     assert "val/agreement" in cli.trainer.callback_metrics
 
 

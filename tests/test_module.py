@@ -74,10 +74,10 @@ def test_every_term_is_logged_and_total_is_weighted_sum(digits):
     trainer = tiny_trainer(max_steps=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     metrics = trainer.callback_metrics
-    for name in ("train/loss", "train/loss_kd", "train/loss_ce", "train/loss_at"):
+    for name in ("train/loss", "train/loss_kd", "train/loss_ce", "train/loss_at", "train/loss_epoch", "train/loss_kd_epoch"):
         assert name in metrics, name
-    expected = 0.3 * metrics["train/loss_ce_step"] + 0.7 * metrics["train/loss_kd_step"] + 10.0 * metrics["train/loss_at_step"]
-    assert torch.allclose(metrics["train/loss_step"], expected, rtol=1e-5)
+    expected = 0.3 * metrics["train/loss_ce"] + 0.7 * metrics["train/loss_kd"] + 10.0 * metrics["train/loss_at"]
+    assert torch.allclose(metrics["train/loss"], expected, rtol=1e-5)
 
 
 def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint):
@@ -122,7 +122,25 @@ class NaNObjective(Objective):
 def test_nan_loss_stops_training_naming_the_term(digits):
     module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam)
     with pytest.raises(NonFiniteLossError, match=r"loss term boom=nan at epoch 0, step 0"):
-        tiny_trainer(max_steps=3).fit(module, datamodule=digits)
+        tiny_trainer(max_steps=3, log_every_n_steps=1).fit(module, datamodule=digits)
+
+
+def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
+    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam)
+    with pytest.raises(NonFiniteLossError, match=r"loss term .*boom=nan at epoch 0, steps 0-4"):
+        tiny_trainer(max_steps=8, log_every_n_steps=5).fit(module, datamodule=digits)
+
+
+def test_train_accuracy_and_f1_from_the_confusion_matrix():
+    from kdlight.base import accuracy_and_macro_f1
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    target = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
+    preds = torch.tensor([0, 1, 1, 1, 2, 0, 2, 1])
+    confusion = torch.bincount(target * 4 + preds, minlength=16).view(4, 4)
+    accuracy, f1 = accuracy_and_macro_f1(confusion)
+    assert accuracy.item() == pytest.approx(5 / 8)
+    assert f1.item() == pytest.approx(multiclass_f1_score(preds, target, 4, average="macro").item())
 
 
 def test_same_instance_for_teacher_and_student_is_refused():
