@@ -9,6 +9,7 @@ from kdlight.data.breast_cancer import BreastCancerDataModule
 from kdlight.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataset, random_crop_flip
 from kdlight.data.digits import DigitsDataModule
 from kdlight.data.mnist1d import MNIST1DDataModule, generate_mnist1d
+from kdlight.data.shortcut import ShortcutDigitsDataModule
 
 __all__ = [
     "ArrayDataModule",
@@ -18,6 +19,7 @@ __all__ = [
     "CIFARDataset",
     "DigitsDataModule",
     "MNIST1DDataModule",
+    "ShortcutDigitsDataModule",
     "generate_mnist1d",
     "random_crop_flip",
     "stratified_split",

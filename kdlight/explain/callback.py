@@ -31,7 +31,9 @@ class ExplanationAgreement(Callback):
     agreement metrics (cosine, rank correlation, Pearson, top-k feature/rank/sign/signed-rank
     agreement, pairwise rank agreement), the deletion/insertion AUC and infidelity of both maps
     (``faithfulness=True``), a per-class table, and a figure input | teacher | student for
-    ``num_images`` probes (rank zero only). A decision-tree surrogate of the student on the probe
+    ``num_images`` probes (rank zero only; drawn once at the end of ``fit``, and in every
+    ``validate``/``test``). The teacher's maps and faithfulness are computed once per split
+    unless ``target="student"``: the teacher is frozen and the probes are fixed. A decision-tree surrogate of the student on the probe
     inputs logs its fidelity and size (``surrogate=True``). ``.../chance_{metric}`` is the same
     agreement for a freshly initialised copy of the student: the floor to read curves against.
 
@@ -86,6 +88,8 @@ class ExplanationAgreement(Callback):
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
         self._chance: dict[str, float] = {}
+        self._teacher_cache: dict[tuple, Tensor] = {}
+        self._pending: list[tuple] = []  # figures/tables drawn at the end of fit
         self.last_results: dict[str, float] = {}
 
     # -- probe set ---------------------------------------------------------------------------
@@ -140,13 +144,23 @@ class ExplanationAgreement(Callback):
             args["layer"] = layer
         return AttributionConfig(method=method, seed=self.seed, **args)
 
-    def _explain(self, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[Tensor, Tensor]:
-        t_cfg, s_cfg = self._config(method, "teacher"), self._config(method, "student")
-        t_maps, s_maps = [], []
-        for xb, tb in zip(x.split(self.batch_size), target.split(self.batch_size)):
-            t_maps.append(attribute(teacher, xb, tb, t_cfg, train_inputs=train_inputs))
-            s_maps.append(attribute(student, xb, tb, s_cfg, train_inputs=train_inputs))
-        return torch.cat(t_maps), torch.cat(s_maps)
+    def _attribute(self, method: str, role: str, model, x: Tensor, target: Tensor, train_inputs) -> Tensor:
+        config = self._config(method, role)
+        maps = [attribute(model, xb, tb, config, train_inputs=train_inputs)
+                for xb, tb in zip(x.split(self.batch_size), target.split(self.batch_size))]
+        return torch.cat(maps)
+
+    def _teacher_maps(self, split: str, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> Tensor:
+        """The teacher's maps; computed once per split when the target does not depend on the
+        student (the teacher is frozen and the probes are fixed)."""
+        key = (split, method)
+        if self.target == "student" or key not in self._teacher_cache:
+            self._teacher_cache[key] = self._attribute(method, "teacher", teacher, x, target, train_inputs)
+        return self._teacher_cache[key]
+
+    def _explain(self, split: str, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[Tensor, Tensor]:
+        t_maps = self._teacher_maps(split, method, teacher, x, target, train_inputs)
+        return t_maps, self._attribute(method, "student", student, x, target, train_inputs)
 
     def _chance_level(self, method, teacher, student, x, target, train_inputs, t_maps, ok) -> dict[str, float]:
         """Agreement of the teacher with a freshly initialised copy of the student (computed once).
@@ -158,7 +172,7 @@ class ExplanationAgreement(Callback):
         """
         if method not in self._chance:
             fresh = reinitialized(student, self.seed)
-            _, r_maps = self._explain(method, teacher, fresh, x, target, train_inputs)
+            r_maps = self._attribute(method, "student", fresh, x, target, train_inputs)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
             metrics = AgreementCollection(k=min(self.k, t_maps[0].numel()), names=CHANCE_METRICS).to(x.device)
             if ok.any():
@@ -206,7 +220,7 @@ class ExplanationAgreement(Callback):
         prefix = f"{split}/explain"
         results: dict[str, float] = {}
         for method in self.methods:
-            t_maps, s_maps = self._explain(method, teacher, student, x, target, train_inputs)
+            t_maps, s_maps = self._explain(split, method, teacher, student, x, target, train_inputs)
             ok = self._finite(t_maps, s_maps, method)
             metrics = AgreementCollection(k=min(self.k, t_maps[0].numel())).to(device)
             per_class = PerClassAgreement("rank_correlation", num_classes).to(device)
@@ -220,9 +234,12 @@ class ExplanationAgreement(Callback):
             nonfinite = torch.tensor(float((~ok).sum()), device=device)
             results[f"{prefix}/{method}/nonfinite"] = float(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
             if self.faithfulness:
-                results.update(self._faithfulness(trainer, method, teacher, student, x[ok], t_maps[ok], s_maps[ok], target[ok], f"{prefix}/{method}"))
-            if trainer.is_global_zero:
-                self._log_artifacts(trainer, pl_module, split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class)
+                results.update(self._faithfulness(trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok))
+            artifacts = (split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class.table(self._class_names(trainer)))
+            if trainer.state.fn == "fit":  # draw once, at the end of fit: figures cost more than the maps
+                self._pending = [p for p in self._pending if p[1] != method] + [artifacts]
+            elif trainer.is_global_zero:
+                self._log_artifacts(trainer, *artifacts)
         results[f"{prefix}/prediction_agreement"] = float(
             trainer.strategy.reduce((t_logits.argmax(-1) == s_logits.argmax(-1)).float().mean(), reduce_op="mean")
         )
@@ -234,33 +251,48 @@ class ExplanationAgreement(Callback):
             pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
         return results
 
-    def _faithfulness(self, trainer, method, teacher, student, x, t_maps, s_maps, target, prefix) -> dict[str, float]:
-        if len(x) == 0:
+    def _faithfulness(self, trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok) -> dict[str, float]:
+        """Deletion/insertion AUC and infidelity of each model's own maps (the teacher's once per split)."""
+        if not ok.any():
             return {}
-        out = {}
         multiply = method not in LOCAL_METHODS  # local maps (gradients) are scored against additive noise
+        out = {}
         for role, model, maps in (("teacher", teacher, t_maps), ("student", student, s_maps)):
-            deletion, insertion = deletion_insertion_auc(model, x, maps, target)
-            infidelity = infidelity_score(model, x, maps, target, seed=self.seed, multiply_by_inputs=multiply)
+            key = ("faithfulness", split, method)
+            if role == "teacher" and self.target != "student" and key in self._teacher_cache:
+                out.update(self._teacher_cache[key])
+                continue
+            deletion, insertion = deletion_insertion_auc(model, x[ok], maps[ok], target[ok])
+            infidelity = infidelity_score(model, x[ok], maps[ok], target[ok], seed=self.seed, multiply_by_inputs=multiply)
+            scores = {}
             for name, values in (("deletion_auc", deletion), ("insertion_auc", insertion), ("infidelity", infidelity)):
-                out[f"{prefix}/{role}_{name}"] = float(trainer.strategy.reduce(values.float().nanmean(), reduce_op="mean"))
+                mean = trainer.strategy.reduce(values.float().nanmean(), reduce_op="mean")
+                scores[f"{split}/explain/{method}/{role}_{name}"] = float(mean)
+            if role == "teacher":
+                self._teacher_cache[key] = scores
+            out.update(scores)
         return out
 
-    def _log_artifacts(self, trainer, pl_module, split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class) -> None:
+    @staticmethod
+    def _class_names(trainer) -> list[str] | None:
+        return getattr(trainer.datamodule, "class_names", None)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            for artifacts in self._pending:
+                self._log_artifacts(trainer, *artifacts)
+        self._pending = []
+
+    def _log_artifacts(self, trainer, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table) -> None:
         epoch = trainer.current_epoch
-        datamodule = trainer.datamodule
-        class_names = getattr(datamodule, "class_names", None)
-        rows = per_class.table(class_names)
-        log_table(trainer, f"{split}/explain/{method}/per_class", pd.DataFrame(rows), epoch)
+        log_table(trainer, f"{split}/explain/{method}/per_class", pd.DataFrame(table), epoch)
         if not self.log_images:
             return
         n = min(self.num_images, len(x))
-        labels = [
-            f"y={int(y[i])} t={int(t_logits[i].argmax())} s={int(s_logits[i].argmax())}" for i in range(n)
-        ]
+        labels = [f"y={int(y[i])} t={int(t_logits[i].argmax())} s={int(s_logits[i].argmax())}" for i in range(n)]
         figure = explanation_figure(
             x[:n].cpu(), t_maps[:n].cpu(), s_maps[:n].cpu(), labels=labels,
-            feature_names=getattr(datamodule, "feature_names", None),
+            feature_names=getattr(trainer.datamodule, "feature_names", None),
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
