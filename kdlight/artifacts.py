@@ -1,12 +1,19 @@
-"""Send figures and tables to whichever logger a trainer has (W&B, TensorBoard, CSV files)."""
+"""Send figures, tables and the resolved config to whichever logger a trainer has (W&B,
+TensorBoard, CSV files)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
+
+#: W&B config key (and file name stem in the W&B run's files) of the resolved LightningCLI config
+CLI_CONFIG_KEY = "cli_config"
 
 
 def artifact_dir(trainer: Trainer) -> Path:
@@ -33,7 +40,7 @@ def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[s
         if isinstance(logger, WandbLogger):
             import wandb
 
-            logger.experiment.log({key: wandb.Image(figure), "epoch": epoch})
+            logger.experiment.log({key: wandb.Image(figure), "epoch": epoch, "trainer/global_step": trainer.global_step})
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, figure, global_step=epoch, close=False)
         else:
@@ -49,7 +56,10 @@ def log_table(trainer: Trainer, key: str, table: pd.DataFrame, epoch: int) -> li
     """Log ``table`` under ``key``: a W&B Table, TensorBoard text, and always a CSV file."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_table(key=key, dataframe=table)
+            import wandb
+
+            # with the epoch (WandbLogger.log_table would drop it), like log_figure
+            logger.experiment.log({key: wandb.Table(dataframe=table), "epoch": epoch, "trainer/global_step": trainer.global_step})
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(key, table.to_markdown(index=False) if _has_tabulate() else table.to_string(), epoch)
     path = artifact_dir(trainer) / _file_name(key, epoch, ".csv")
@@ -65,4 +75,38 @@ def _has_tabulate() -> bool:
     return True
 
 
-__all__ = ["artifact_dir", "log_figure", "log_table"]
+def _writes_config_file(logger: Any, trainer: Trainer) -> bool:
+    """True for file loggers whose log_dir already gets LightningCLI's ``config.yaml``."""
+    return isinstance(logger, (CSVLogger, TensorBoardLogger)) and str(Path(logger.log_dir)) == str(Path(trainer.log_dir))
+
+
+def log_config(trainer: Trainer, config: dict[str, Any]) -> None:
+    """Hand the resolved run config to loggers that do not keep LightningCLI's ``config.yaml``.
+
+    W&B: the run config gets it under ``cli_config`` (searchable in the UI, read back by
+    :func:`kdlight.analysis.load_run`) and the run's files a ``cli_config.yaml`` (uploaded with the
+    run; ``kdlight fit -c cli_config.yaml`` repeats it). Other loggers without that file
+    (MLflow, Comet, ...) get it through ``log_hyperparams``; CSV / TensorBoard loggers whose
+    ``log_dir`` holds ``config.yaml`` are left alone.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_hyperparams({CLI_CONFIG_KEY: config})
+            run_files = Path(logger.experiment.dir)
+            run_files.mkdir(parents=True, exist_ok=True)
+            (run_files / f"{CLI_CONFIG_KEY}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        elif not _writes_config_file(logger, trainer):
+            logger.log_hyperparams({CLI_CONFIG_KEY: config})
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """LightningCLI's SaveConfigCallback (``config.yaml`` in ``trainer.log_dir``) that also logs the
+    resolved config to W&B and other loggers (:func:`log_config`). Use it with
+    ``LightningCLI(save_config_callback=LoggerSaveConfigCallback)``."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        log_config(trainer, config)
+
+
+__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_figure", "log_table"]

@@ -1,0 +1,90 @@
+"""FitSummary: the end-of-fit summary of the best epoch."""
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from conftest import REPO, digits_student, digits_teacher, tiny_trainer
+from kdlight import ClassifierModule, DistillationModule
+from kdlight.analysis import load_run
+from kdlight.explain import ExplanationAgreement
+from kdlight.summary import FitSummary
+
+SMALL = dict(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread. Two OpenMP threads on a busy shared 2-core machine made forward
+    passes of the digits CNN ~40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
+    summary = FitSummary()
+    explain = ExplanationAgreement(methods=["saliency"], every_n_epochs=2, num_probes=8, faithfulness=False,
+                                   surrogate=False, log_images=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/acc", mode="max")
+    trainer = tiny_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint, explain, summary],
+                           logger=CSVLogger(tmp_path, name="", version=""), **SMALL)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam), datamodule=digits)
+
+    text = capsys.readouterr().out
+    numbers = summary.summary
+    run = load_run(tmp_path)  # cross-check against what the logger wrote
+    best = run.best("val/acc")
+    assert numbers["best_epoch"] == int(best["epoch"]) and numbers["best_value"] == pytest.approx(best["val/acc"])
+    assert numbers["val/agreement"] == pytest.approx(best["val/agreement"])
+    assert numbers["val/teacher_acc"] == pytest.approx(best["val/teacher_acc"])
+    assert numbers["explain_epoch"] == 1  # every_n_epochs=2: the only explained epoch of three
+    explained = run.epochs.set_index("epoch").loc[1]
+    assert numbers["explain"]["saliency/rank_correlation"] == pytest.approx(explained["val/explain/saliency/rank_correlation"])
+    assert numbers["best_checkpoint"] == checkpoint.best_model_path
+    assert numbers["run_dir"] == str(tmp_path)
+    assert text == summary.text + "\n"
+    assert f"best val/acc          {best['val/acc']:.4f} at epoch {numbers['best_epoch']}" in text
+    assert "top-1 agreement with the teacher" in text and "teacher acc" in text
+    assert "saliency" in text and "chance level" in text
+    assert str(checkpoint.best_model_path) in text and str(tmp_path) in text
+    assert len(text.strip().splitlines()) <= 20  # one screen
+
+
+def test_summary_of_a_classifier_run_without_checkpoints(tmp_path, digits, capsys):
+    trainer = tiny_trainer(max_epochs=2, callbacks=[FitSummary()], default_root_dir=tmp_path, **SMALL)
+    trainer.fit(ClassifierModule(digits_teacher(), optimizer=_adam), datamodule=digits)
+    text = capsys.readouterr().out
+    assert "best val/acc" in text and "of 2 validation epochs" in text
+    assert "agreement" not in text and "explanations" not in text
+    assert "none saved" in text and str(tmp_path) in text
+
+
+def test_summary_without_validation_and_quiet(tmp_path, digits, capsys):
+    summary = FitSummary(monitor="val/loss", mode="min", verbose=False)
+    trainer = tiny_trainer(max_epochs=1, callbacks=[summary], default_root_dir=tmp_path, limit_train_batches=1,
+                           limit_val_batches=0)
+    trainer.fit(ClassifierModule(digits_teacher(), optimizer=_adam), datamodule=digits)
+    assert capsys.readouterr().out == ""
+    assert "best val/loss" in summary.text and "n/a" in summary.text
+    with pytest.raises(ValueError, match="mode must be"):
+        FitSummary(mode="best")
+
+
+def test_on_by_default_through_trainer_defaults(capsys):
+    """The line proposed for kdlight/cli.py: FitSummary survives a config's own callback list."""
+    from kdlight.cli import KDLightCLI
+
+    KDLightCLI(args=["fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.callbacks=[]",
+                     "--trainer.logger=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                     "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+                     "--trainer.enable_model_summary=false"],
+               trainer_defaults={"callbacks": [FitSummary()]})
+    assert "-- kdlight fit summary" in capsys.readouterr().out
