@@ -47,7 +47,7 @@ def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[s
             needs_file = True
     if needs_file:
         path = artifact_dir(trainer) / _file_name(key, epoch, ".png")
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        figure.savefig(path, dpi=100)
         written.append(str(path))
     return written
 

@@ -6,7 +6,9 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from kdlight.artifacts import LoggerSaveConfigCallback
 from kdlight.errors import NonFiniteLossError
+from kdlight.summary import FitSummary
 
 # Errors that describe a problem in the user's config or files: shown as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, KeyError)
@@ -26,6 +28,8 @@ class KDLightCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)  # resolved config into W&B too
+        kwargs.setdefault("trainer_defaults", {}).setdefault("callbacks", [FitSummary()])  # best-metrics summary
         super().__init__(*args, **kwargs)
 
 

@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh
 export WANDB_MODE=offline
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python -m pytest -q "$@"
 python -m pytest -q -m slow "$@" || { rc=$?; [ "$rc" -eq 5 ] && echo "no slow tests selected"; [ "$rc" -eq 5 ]; }

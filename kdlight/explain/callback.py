@@ -235,9 +235,10 @@ class ExplanationAgreement(Callback):
             results[f"{prefix}/{method}/nonfinite"] = float(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
             if self.faithfulness:
                 results.update(self._faithfulness(trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok))
-            artifacts = (split, method, x, y, t_logits, s_logits, t_maps, s_maps, per_class.table(self._class_names(trainer)))
+            table = per_class.table(self._class_names(trainer))
+            artifacts = (trainer.current_epoch, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table)
             if trainer.state.fn == "fit":  # draw once, at the end of fit: figures cost more than the maps
-                self._pending = [p for p in self._pending if p[1] != method] + [artifacts]
+                self._pending = [p for p in self._pending if p[2] != method] + [artifacts]
             elif trainer.is_global_zero:
                 self._log_artifacts(trainer, *artifacts)
         results[f"{prefix}/prediction_agreement"] = float(
@@ -283,8 +284,7 @@ class ExplanationAgreement(Callback):
                 self._log_artifacts(trainer, *artifacts)
         self._pending = []
 
-    def _log_artifacts(self, trainer, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table) -> None:
-        epoch = trainer.current_epoch
+    def _log_artifacts(self, trainer, epoch, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table) -> None:
         log_table(trainer, f"{split}/explain/{method}/per_class", pd.DataFrame(table), epoch)
         if not self.log_images:
             return
