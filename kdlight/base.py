@@ -165,6 +165,21 @@ class SupervisedBase(LightningModule):
     def on_train_epoch_end(self) -> None:
         self._flush_epoch()
 
+    # -- evaluation, shared by both modules ---------------------------------------------------
+    def _evaluate(self, batch: Any, split: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Class probabilities of the trained network (``forward``)."""
+        x, _ = unpack_batch(batch)
+        return self(x).softmax(-1)
+
     def save_init_args(self, objects: list[str]) -> None:
         """Save the init arguments; under LightningCLI the class-path config (so
         ``load_from_checkpoint`` can rebuild the models), otherwise all but the ``objects``."""

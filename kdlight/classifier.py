@@ -56,13 +56,3 @@ class ClassifierModule(SupervisedBase):
         self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True)
         getattr(self, f"{split}_metrics").update(logits, y)
         self.log_dict(getattr(self, f"{split}_metrics"), on_epoch=True, prog_bar=split == "val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
-        x, _ = unpack_batch(batch)
-        return self.model(x).softmax(-1)

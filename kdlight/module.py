@@ -289,13 +289,3 @@ class DistillationModule(SupervisedBase):
         self.log(f"{split}/teacher_acc", metrics["teacher_acc"], on_epoch=True)
         self.log(f"{split}/agreement", metrics["agreement"], on_epoch=True, prog_bar=split == "val")
         self.log(f"{split}/kl", metrics["kl"], on_epoch=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
-        x, _ = unpack_batch(batch)
-        return self.student(x).softmax(-1)

@@ -109,6 +109,8 @@ class _CIFARDataModule(ArrayDataModule):
         self.augment = augment
         self.augmented = bool(augment)
         self.input_shape = (3, 32, 32)
+        self.num_classes = len(self.class_list)
+        self.class_names = list(self.class_list)
         self._mean = torch.tensor(self.mean)
         self._std = torch.tensor(self.std)
 
@@ -190,19 +192,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     label_key = "labels"
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
-
-    def __init__(
-        self,
-        data_dir: str,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        seed: int = 0,
-        val_fraction: float = 0.0,
-        augment: bool = True,
-    ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, seed, val_fraction, augment)
-        self.num_classes = 10
-        self.class_names = list(CIFAR10_CLASSES)
+    class_list = CIFAR10_CLASSES
 
 
 class CIFAR100DataModule(_CIFARDataModule):
@@ -220,16 +210,4 @@ class CIFAR100DataModule(_CIFARDataModule):
     label_key = "fine_labels"
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-
-    def __init__(
-        self,
-        data_dir: str,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        seed: int = 0,
-        val_fraction: float = 0.0,
-        augment: bool = True,
-    ) -> None:
-        super().__init__(data_dir, batch_size, num_workers, seed, val_fraction, augment)
-        self.num_classes = 100
-        self.class_names = list(CIFAR100_CLASSES)
+    class_list = CIFAR100_CLASSES
