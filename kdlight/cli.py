@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -31,6 +33,18 @@ class KDLightCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)  # resolved config into W&B too
         kwargs.setdefault("trainer_defaults", {}).setdefault("callbacks", [FitSummary()])  # best-metrics summary
         super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Resuming from a checkpoint needs no teacher file: the checkpoint holds the teacher."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path")
+        init_args = config.get("model", {}).get("init_args") if hasattr(config.get("model", {}), "get") else None
+        teacher_file = init_args.get("teacher_checkpoint") if init_args is not None else None
+        if ckpt_path and teacher_file and Path(ckpt_path).is_file() and not Path(teacher_file).exists():
+            warnings.warn(
+                f"teacher_checkpoint {teacher_file} is missing; using the teacher stored in {ckpt_path}", stacklevel=2
+            )
+            init_args["teacher_checkpoint"] = None
 
 
 def root_cause(err: BaseException) -> BaseException:
