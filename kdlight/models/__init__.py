@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from kdlight.models.cnn import CNN1d, CNN2d
+from kdlight.models.ensemble import TeacherEnsemble
 from kdlight.models.mlp import MLP
 from kdlight.models.resnet_cifar import (
     CifarResNet,
@@ -51,5 +52,6 @@ __all__ = [
     "WideResNet",
     "WRN16_2",
     "WRN40_2",
+    "TeacherEnsemble",
     "MODELS",
 ]

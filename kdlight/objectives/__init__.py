@@ -4,6 +4,7 @@ from kdlight.objectives.composite import Composite
 from kdlight.objectives.explanation import ExplanationMatching
 from kdlight.objectives.features import PKT, RKD, AttentionTransfer, Hint
 from kdlight.objectives.logits import DKD, KD, CrossEntropy
+from kdlight.objectives.multi_teacher import MultiTeacherKD
 
 __all__ = [
     "Objective",
@@ -16,4 +17,5 @@ __all__ = [
     "RKD",
     "PKT",
     "ExplanationMatching",
+    "MultiTeacherKD",
 ]
