@@ -77,7 +77,14 @@ def _has_tabulate() -> bool:
 
 def _writes_config_file(logger: Any, trainer: Trainer) -> bool:
     """True for file loggers whose log_dir already gets LightningCLI's ``config.yaml``."""
-    return isinstance(logger, (CSVLogger, TensorBoardLogger)) and str(Path(logger.log_dir)) == str(Path(trainer.log_dir))
+    # not trainer.log_dir: it broadcasts (a collective) and save_config runs on rank 0 only, so under
+    # DDP rank 0 would wait in that broadcast forever; this is the directory trainer.log_dir names
+    first = trainer.loggers[0] if trainer.loggers else None
+    if first is None:
+        config_dir = trainer.default_root_dir
+    else:
+        config_dir = first.log_dir if isinstance(first, (CSVLogger, TensorBoardLogger)) else first.save_dir
+    return isinstance(logger, (CSVLogger, TensorBoardLogger)) and str(Path(logger.log_dir)) == str(Path(config_dir))
 
 
 def log_config(trainer: Trainer, config: dict[str, Any]) -> None:

@@ -53,6 +53,6 @@ class ClassifierModule(SupervisedBase):
     def _evaluate(self, batch, split: str) -> None:
         x, y = unpack_batch(batch)
         logits = self.model(x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         getattr(self, f"{split}_metrics").update(logits, y)
         self.log_dict(getattr(self, f"{split}_metrics"), on_epoch=True, prog_bar=split == "val")

@@ -284,7 +284,7 @@ class DistillationModule(SupervisedBase):
         metrics["teacher_acc"].update(t_logits, y)
         metrics["agreement"].update(top1_agreement(s_logits, t_logits))
         metrics["kl"].update(predictive_kl(s_logits, t_logits))
-        self.log(f"{split}/loss", F.cross_entropy(s_logits, y), on_epoch=True)
+        self.log(f"{split}/loss", F.cross_entropy(s_logits, y), on_epoch=True, sync_dist=True)
         self.log_dict(metrics["student"], on_epoch=True, prog_bar=split == "val")
         self.log(f"{split}/teacher_acc", metrics["teacher_acc"], on_epoch=True)
         self.log(f"{split}/agreement", metrics["agreement"], on_epoch=True, prog_bar=split == "val")

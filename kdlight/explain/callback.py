@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from kdlight.artifacts import log_figure, log_table
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
@@ -241,11 +242,11 @@ class ExplanationAgreement(Callback):
                 self._pending = [p for p in self._pending if p[2] != method] + [artifacts]
             elif trainer.is_global_zero:
                 self._log_artifacts(trainer, *artifacts)
-        results[f"{prefix}/prediction_agreement"] = float(
-            trainer.strategy.reduce((t_logits.argmax(-1) == s_logits.argmax(-1)).float().mean(), reduce_op="mean")
-        )
-        if self.surrogate:
-            report = fit_surrogate(x.flatten(1).cpu(), s_logits.argmax(-1).cpu(), seed=self.seed)
+        agree = (t_logits.argmax(-1) == s_logits.argmax(-1)).float()
+        results[f"{prefix}/prediction_agreement"] = _global_mean(trainer, agree)
+        if self.surrogate:  # one tree on every rank's probes, in probe order (as in a single process)
+            probes, predictions = _gather_probes(trainer, x.flatten(1)), _gather_probes(trainer, s_logits.argmax(-1))
+            report = fit_surrogate(probes.cpu(), predictions.cpu(), seed=self.seed)
             results[f"{prefix}/surrogate/fidelity"] = report.fidelity
             results[f"{prefix}/surrogate/leaves"] = float(report.n_leaves)
         for name, value in results.items():
@@ -254,8 +255,6 @@ class ExplanationAgreement(Callback):
 
     def _faithfulness(self, trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok) -> dict[str, float]:
         """Deletion/insertion AUC and infidelity of each model's own maps (the teacher's once per split)."""
-        if not ok.any():
-            return {}
         multiply = method not in LOCAL_METHODS  # local maps (gradients) are scored against additive noise
         out = {}
         for role, model, maps in (("teacher", teacher, t_maps), ("student", student, s_maps)):
@@ -263,12 +262,14 @@ class ExplanationAgreement(Callback):
             if role == "teacher" and self.target != "student" and key in self._teacher_cache:
                 out.update(self._teacher_cache[key])
                 continue
-            deletion, insertion = deletion_insertion_auc(model, x[ok], maps[ok], target[ok])
-            infidelity = infidelity_score(model, x[ok], maps[ok], target[ok], seed=self.seed, multiply_by_inputs=multiply)
+            if ok.any():
+                deletion, insertion = deletion_insertion_auc(model, x[ok], maps[ok], target[ok])
+                infidelity = infidelity_score(model, x[ok], maps[ok], target[ok], seed=self.seed, multiply_by_inputs=multiply)
+            else:  # this rank has no finite probe but must still join the reductions
+                deletion = insertion = infidelity = x.new_empty(0)
             scores = {}
             for name, values in (("deletion_auc", deletion), ("insertion_auc", insertion), ("infidelity", infidelity)):
-                mean = trainer.strategy.reduce(values.float().nanmean(), reduce_op="mean")
-                scores[f"{split}/explain/{method}/{role}_{name}"] = float(mean)
+                scores[f"{split}/explain/{method}/{role}_{name}"] = _global_mean(trainer, values)
             if role == "teacher":
                 self._teacher_cache[key] = scores
             out.update(scores)
@@ -296,3 +297,23 @@ class ExplanationAgreement(Callback):
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
+
+
+def _global_mean(trainer: Trainer, values: Tensor) -> float:
+    """Mean of the finite ``values`` of every rank (not a mean of per-rank means); NaN if none."""
+    values = values.float()
+    finite = torch.isfinite(values)
+    total = trainer.strategy.reduce(torch.where(finite, values, torch.zeros_like(values)).sum(), reduce_op="sum")
+    count = trainer.strategy.reduce(finite.sum().float(), reduce_op="sum")
+    return float(total / count) if float(count) > 0 else float("nan")
+
+
+def _gather_probes(trainer: Trainer, t: Tensor) -> Tensor:
+    """Every rank's share ``probes[rank::world]`` put back in probe order (shares may differ by one)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return t
+    parts = gather_all_tensors(t.contiguous())
+    out = t.new_empty((sum(len(part) for part in parts), *t.shape[1:]))
+    for rank, part in enumerate(parts):
+        out[rank :: len(parts)] = part
+    return out
