@@ -44,37 +44,31 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 # (config name, row label, student architecture for the chance row or None)
+#: (config name, table label, chance-row architecture or None): the same set in every config folder
+SHARED_RUNS = [
+    ("teacher", "teacher (CNN)", None),
+    ("scratch", "scratch (MLP)", "MLP"),
+    ("scratch_cnn", "scratch (small CNN)", "small CNN"),
+    ("kd", "KD (MLP)", None),
+    ("dkd", "DKD (MLP)", None),
+    ("hint", "FitNets hint + KD (small CNN)", None),
+    ("at", "attention transfer + KD (small CNN)", None),
+    ("kd_explain", "KD + explanation matching (MLP)", None),
+]
+
 DATASETS: dict[str, dict] = {
     "digits": {
         "title": "Digits (scikit-learn 8x8, 1797 images; 1168 / 270 / 359 train / val / test per seed)",
         "folder": "configs/digits",
         "seed_note": "Seed s sets the weights' initialisation, the data order and the stratified train/val/test split.",
-        "runs": [
-            ("teacher", "teacher (CNN)", None),
-            ("scratch", "scratch (MLP)", "MLP"),
-            ("scratch_cnn", "scratch (small CNN)", "small CNN"),
-            ("kd", "KD (MLP)", None),
-            ("dkd", "DKD (MLP)", None),
-            ("hint", "FitNets hint + KD (small CNN)", None),
-            ("at", "attention transfer + KD (small CNN)", None),
-            ("kd_explain", "KD + explanation matching (MLP)", None),
-        ],
+        "runs": SHARED_RUNS,
     },
     "mnist1d": {
         "title": "MNIST-1D (Greydanus 2020; 4000 train / 1000 test, 10 % of train held out for validation)",
         "folder": "configs/mnist1d",
         "seed_note": ("Seed s sets the weights' initialisation, the data order and which 400 training samples are "
                       "held out for validation; the 1000 test samples are the official ones for every seed."),
-        "runs": [
-            ("teacher", "teacher (CNN)", None),
-            ("scratch", "scratch (MLP)", "MLP"),
-            ("scratch_cnn", "scratch (small CNN)", "small CNN"),
-            ("kd", "KD (MLP)", None),
-            ("dkd", "DKD (MLP)", None),
-            ("hint", "FitNets hint + KD (small CNN)", None),
-            ("at", "attention transfer + KD (small CNN)", None),
-            ("kd_explain", "KD + explanation matching (MLP)", None),
-        ],
+        "runs": SHARED_RUNS,
     },
 }
 

@@ -13,23 +13,25 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from kdlight.cli import main as kdlight
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import run_overrides  # noqa: E402  (the shared per-seed overrides)
+
 
 def run(config: str, seed: int, root: str) -> dict[str, float]:
-    args = ["fit", "-c", f"configs/mnist1d/{config}.yaml", f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={root}/{config}", "--trainer.logger=false", "--trainer.callbacks=[]",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", f"--trainer.callbacks.dirpath={root}/{config}",
-            "--trainer.callbacks.monitor=val/acc", "--trainer.callbacks.mode=max", "--trainer.callbacks.filename=best"]
-    if config != "teacher" and not config.startswith("scratch"):
-        args.append(f"--model.init_args.teacher_checkpoint={root}/teacher/best.ckpt")
-    cli = kdlight(args)
+    """Fit ``configs/mnist1d/<config>.yaml`` for one seed (scripts/results.py's overrides, the seed's
+    own teacher) and return the test metrics of the best checkpoint."""
+    run_dir = Path(root) / config
+    teacher = None if config == "teacher" else Path(root) / "teacher" / "best.ckpt"
+    cli = kdlight(run_overrides(Path(f"configs/mnist1d/{config}.yaml"), run_dir, seed, teacher_checkpoint=teacher))
     return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
 
 
