@@ -47,7 +47,7 @@ def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[s
             needs_file = True
     if needs_file:
         path = artifact_dir(trainer) / _file_name(key, epoch, ".png")
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
         written.append(str(path))
     return written
 

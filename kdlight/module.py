@@ -68,6 +68,7 @@ class DistillationModule(SupervisedBase):
             raise ValueError("teacher and student must be two different module instances")
         if teacher_checkpoint is not None:
             load_weights(teacher, teacher_checkpoint, role="teacher")
+        self.teacher_checkpoint = None if teacher_checkpoint is None else str(teacher_checkpoint)
         self.teacher = freeze(teacher)
         self.student = student
         self.objective = objective if objective is not None else KD()

@@ -1,8 +1,11 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -12,8 +15,9 @@ from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from kdlight.artifacts import log_figure, log_table
+from kdlight.cache import data_fingerprint, teacher_fingerprint
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
-from kdlight.explain.methods import AttributionConfig, attribute, method_names
+from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, method_names
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
 from kdlight.explain.plots import explanation_figure
 from kdlight.explain.surrogate import fit_surrogate
@@ -22,6 +26,9 @@ from kdlight.reinit import reinitialized
 TARGETS = ("teacher", "label", "student")
 LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
 CHANCE_METRICS = ("cosine", "rank_correlation", "feature_agreement")
+FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
+#: part of every teacher_cache_dir key: bump it when how maps or faithfulness are computed changes
+TEACHER_CACHE_VERSION = "1"
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
 
 
@@ -38,6 +45,11 @@ class ExplanationAgreement(Callback):
     inputs logs its fidelity and size (``surrogate=True``). ``.../chance_{metric}`` is the same
     agreement for a freshly initialised copy of the student: the floor to read curves against.
 
+    With ``teacher_cache_dir`` the teacher's maps and per-probe faithfulness are also stored on
+    disk, keyed by a hash of the teacher's weights, the probe inputs, the targets and the method
+    settings, so every student distilled from the same teacher reuses them (a changed teacher,
+    probe set or setting gives a new key, never a stale entry).
+
     Args:
         methods: attribution methods (see :func:`kdlight.explain.method_names`).
         every_n_epochs: run on validation epochs divisible by this (always in validate/test).
@@ -48,6 +60,9 @@ class ExplanationAgreement(Callback):
         method_args: per-method :class:`AttributionConfig` fields, e.g.
             ``{integrated_gradients: {n_steps: 64}, grad_cam: {layer: conv2}}``; a per-model
             Grad-CAM layer is given as ``{grad_cam: {teacher_layer: ..., student_layer: ...}}``.
+        teacher_cache_dir: directory for the teacher's maps and faithfulness across runs;
+            ``"auto"``: ``explanations/`` beside the teacher checkpoint (memory only when the
+            teacher was not loaded from one); ``None``: kept in memory for this run only.
     """
 
     def __init__(
@@ -64,6 +79,7 @@ class ExplanationAgreement(Callback):
         surrogate: bool = True,
         method_args: dict[str, dict[str, Any]] | None = None,
         seed: int = 0,
+        teacher_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.methods = list(methods) if methods is not None else ["integrated_gradients", "saliency"]
@@ -78,18 +94,22 @@ class ExplanationAgreement(Callback):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.method_args = dict(method_args or {})
         for method, args in self.method_args.items():
-            if method not in self.methods:
-                raise ValueError(f"method_args names {method!r}, which is not in methods {self.methods}")
+            if method not in valid:  # a known method that is not selected is fine (configs stay overridable)
+                raise ValueError(f"method_args names {method!r}, which is not an attribution method; valid methods are: {', '.join(valid)}")
             bad = set(args) - _CONFIG_FIELDS - {"teacher_layer", "student_layer"}
             if bad:
                 raise ValueError(f"unknown option(s) {sorted(bad)} for {method}; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
         self.every_n_epochs, self.num_probes, self.batch_size, self.k = every_n_epochs, num_probes, batch_size, k
         self.target, self.log_images, self.num_images = target, log_images, num_images
         self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
+        self.teacher_cache_dir = teacher_cache_dir
+        self._teacher_key: str | None = None
+        self._cache_dir: Path | None = None
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
         self._chance: dict[str, float] = {}
-        self._teacher_cache: dict[tuple, Tensor] = {}
+        self._teacher_cache: dict[tuple, dict[str, Tensor]] = {}
+        self._metric_objects: dict[tuple, tuple[AgreementCollection, PerClassAgreement]] = {}
         self._pending: list[tuple] = []  # figures/tables drawn at the end of fit
         self.last_results: dict[str, float] = {}
 
@@ -125,6 +145,7 @@ class ExplanationAgreement(Callback):
                 "ExplanationAgreement needs a module with a teacher and a student "
                 f"(kdlight.DistillationModule), got {type(pl_module).__name__}"
             )
+        self._cache_dir = self._cache_directory(pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -151,17 +172,47 @@ class ExplanationAgreement(Callback):
                 for xb, tb in zip(x.split(self.batch_size), target.split(self.batch_size))]
         return torch.cat(maps)
 
-    def _teacher_maps(self, split: str, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> Tensor:
-        """The teacher's maps; computed once per split when the target does not depend on the
-        student (the teacher is frozen and the probes are fixed)."""
+    def _teacher_side(self, split: str, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> dict[str, Tensor]:
+        """The teacher's maps and per-probe faithfulness scores. Computed once per split when the
+        target does not depend on the student (the teacher is frozen and the probes are fixed), and
+        once per teacher with ``teacher_cache_dir``."""
         key = (split, method)
         if self.target == "student" or key not in self._teacher_cache:
-            self._teacher_cache[key] = self._attribute(method, "teacher", teacher, x, target, train_inputs)
+            path = self._teacher_file(method, teacher, x, target, train_inputs) if self.target != "student" else None
+            entry = _load_entry(path, x.device)
+            changed = entry is None
+            if entry is None:
+                entry = {"maps": self._attribute(method, "teacher", teacher, x, target, train_inputs)}
+            if self.faithfulness and "deletion_auc" not in entry:
+                entry.update(self._faithfulness_scores(method, teacher, x, entry["maps"], target))
+                changed = True
+            if changed:
+                _save_entry(path, entry)
+            self._teacher_cache[key] = entry
         return self._teacher_cache[key]
 
-    def _explain(self, split: str, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[Tensor, Tensor]:
-        t_maps = self._teacher_maps(split, method, teacher, x, target, train_inputs)
-        return t_maps, self._attribute(method, "student", student, x, target, train_inputs)
+    def _cache_directory(self, pl_module: LightningModule) -> Path | None:
+        if self.teacher_cache_dir != "auto":
+            return None if self.teacher_cache_dir is None else Path(self.teacher_cache_dir)
+        checkpoint = getattr(pl_module, "teacher_checkpoint", None)
+        return Path(checkpoint).parent / "explanations" if isinstance(checkpoint, str) else None
+
+    def _teacher_file(self, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> Path | None:
+        """``<cache directory>/<method>_<hash>.pt``; the hash covers everything the entry depends on."""
+        if self._cache_dir is None:
+            return None
+        if self._teacher_key is None:
+            self._teacher_key = teacher_fingerprint(teacher)
+        config = self._config(method, "teacher")
+        parts = [self._teacher_key, data_fingerprint(x), data_fingerprint(target), repr(config), TEACHER_CACHE_VERSION]
+        if train_inputs is not None and baseline_kind(config, True) in ("mean", "sample"):
+            parts.append(data_fingerprint(train_inputs))
+        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+        return self._cache_dir / f"{method}_{digest}.pt"
+
+    def _explain(self, split: str, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[dict[str, Tensor], Tensor]:
+        teacher_side = self._teacher_side(split, method, teacher, x, target, train_inputs)
+        return teacher_side, self._attribute(method, "student", student, x, target, train_inputs)
 
     def _chance_level(self, method, teacher, student, x, target, train_inputs, t_maps, ok) -> dict[str, float]:
         """Agreement of the teacher with a freshly initialised copy of the student (computed once).
@@ -180,6 +231,16 @@ class ExplanationAgreement(Callback):
                 metrics.update(r_maps[ok], t_maps[ok])
             self._chance[method] = {name: float(value) for name, value in metrics.compute().items()}
         return self._chance[method]
+
+    def _metrics(self, method: str, k: int, num_classes: int, device) -> tuple[AgreementCollection, PerClassAgreement]:
+        """The method's metric objects, built once and reset for each run."""
+        key = (method, k, num_classes)
+        if key not in self._metric_objects:
+            self._metric_objects[key] = (AgreementCollection(k=k), PerClassAgreement("rank_correlation", num_classes))
+        metrics, per_class = self._metric_objects[key]
+        metrics, per_class = metrics.to(device), per_class.to(device)
+        metrics.reset(), per_class.reset()
+        return metrics, per_class
 
     def _finite(self, t_maps: Tensor, s_maps: Tensor, method: str) -> Tensor:
         ok = torch.isfinite(t_maps.flatten(1)).all(1) & torch.isfinite(s_maps.flatten(1)).all(1)
@@ -221,10 +282,10 @@ class ExplanationAgreement(Callback):
         prefix = f"{split}/explain"
         results: dict[str, float] = {}
         for method in self.methods:
-            t_maps, s_maps = self._explain(split, method, teacher, student, x, target, train_inputs)
+            teacher_side, s_maps = self._explain(split, method, teacher, student, x, target, train_inputs)
+            t_maps = teacher_side["maps"]
             ok = self._finite(t_maps, s_maps, method)
-            metrics = AgreementCollection(k=min(self.k, t_maps[0].numel())).to(device)
-            per_class = PerClassAgreement("rank_correlation", num_classes).to(device)
+            metrics, per_class = self._metrics(method, min(self.k, t_maps[0].numel()), num_classes, device)
             if ok.any():
                 metrics.update(s_maps[ok], t_maps[ok])
                 per_class.update(s_maps[ok], t_maps[ok], y[ok])
@@ -235,7 +296,10 @@ class ExplanationAgreement(Callback):
             nonfinite = torch.tensor(float((~ok).sum()), device=device)
             results[f"{prefix}/{method}/nonfinite"] = float(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
             if self.faithfulness:
-                results.update(self._faithfulness(trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok))
+                student_side = self._faithfulness_scores(method, student, x, s_maps, target)
+                for role, scores in (("teacher", teacher_side), ("student", student_side)):
+                    for name in FAITHFULNESS_SCORES:  # over the probes both maps are finite for
+                        results[f"{prefix}/{method}/{role}_{name}"] = _global_mean(trainer, scores[name][ok])
             table = per_class.table(self._class_names(trainer))
             artifacts = (trainer.current_epoch, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table)
             if trainer.state.fn == "fit":  # draw once, at the end of fit: figures cost more than the maps
@@ -249,31 +313,22 @@ class ExplanationAgreement(Callback):
             report = fit_surrogate(probes.cpu(), predictions.cpu(), seed=self.seed)
             results[f"{prefix}/surrogate/fidelity"] = report.fidelity
             results[f"{prefix}/surrogate/leaves"] = float(report.n_leaves)
-        for name, value in results.items():
-            pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
+        _write_scalars(trainer, results)
         return results
 
-    def _faithfulness(self, trainer, split, method, teacher, student, x, t_maps, s_maps, target, ok) -> dict[str, float]:
-        """Deletion/insertion AUC and infidelity of each model's own maps (the teacher's once per split)."""
+    def _faithfulness_scores(self, method: str, model, x: Tensor, maps: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Per-probe deletion/insertion AUC and infidelity of ``model``'s own maps (NaN where the
+        map is not finite)."""
         multiply = method not in LOCAL_METHODS  # local maps (gradients) are scored against additive noise
-        out = {}
-        for role, model, maps in (("teacher", teacher, t_maps), ("student", student, s_maps)):
-            key = ("faithfulness", split, method)
-            if role == "teacher" and self.target != "student" and key in self._teacher_cache:
-                out.update(self._teacher_cache[key])
-                continue
-            if ok.any():
-                deletion, insertion = deletion_insertion_auc(model, x[ok], maps[ok], target[ok])
-                infidelity = infidelity_score(model, x[ok], maps[ok], target[ok], seed=self.seed, multiply_by_inputs=multiply)
-            else:  # this rank has no finite probe but must still join the reductions
-                deletion = insertion = infidelity = x.new_empty(0)
-            scores = {}
-            for name, values in (("deletion_auc", deletion), ("insertion_auc", insertion), ("infidelity", infidelity)):
-                scores[f"{split}/explain/{method}/{role}_{name}"] = _global_mean(trainer, values)
-            if role == "teacher":
-                self._teacher_cache[key] = scores
-            out.update(scores)
-        return out
+        finite = torch.isfinite(maps.flatten(1)).all(1)
+        scores = {name: torch.full((len(x),), float("nan"), device=x.device) for name in FAITHFULNESS_SCORES}
+        if finite.any():
+            xs, ms, ts = x[finite], maps[finite], target[finite]
+            deletion, insertion = deletion_insertion_auc(model, xs, ms, ts)
+            infidelity = infidelity_score(model, xs, ms, ts, seed=self.seed, multiply_by_inputs=multiply)
+            for name, values in zip(FAITHFULNESS_SCORES, (deletion, insertion, infidelity)):
+                scores[name][finite] = values.float()
+        return scores
 
     @staticmethod
     def _class_names(trainer) -> list[str] | None:
@@ -299,6 +354,19 @@ class ExplanationAgreement(Callback):
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
 
 
+def _write_scalars(trainer: Trainer, results: dict[str, float]) -> None:
+    """Hand the (already synced) scalars to every logger and to ``trainer.callback_metrics``.
+
+    This is what ``LightningModule.log`` does at epoch end, minus its per-key bookkeeping, which
+    costs about a millisecond per key (some 35 keys per run). Loggers write on rank zero only.
+    """
+    trainer.callback_metrics.update({name: torch.tensor(value) for name, value in results.items()})
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics({**results, "epoch": trainer.current_epoch}, step=trainer.global_step)
+            logger.save()
+
+
 def _global_mean(trainer: Trainer, values: Tensor) -> float:
     """Mean of the finite ``values`` of every rank (not a mean of per-rank means); NaN if none."""
     values = values.float()
@@ -317,3 +385,23 @@ def _gather_probes(trainer: Trainer, t: Tensor) -> Tensor:
     for rank, part in enumerate(parts):
         out[rank :: len(parts)] = part
     return out
+
+
+def _load_entry(path: Path | None, device) -> dict[str, Tensor] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: recompute (and overwrite) it
+        warnings.warn(f"ignoring unreadable teacher explanation cache {path} ({err}); recomputing it", stacklevel=3)
+        return None
+
+
+def _save_entry(path: Path | None, entry: dict[str, Tensor]) -> None:
+    """Write atomically (a temporary file renamed into place), so readers never see half a file."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({name: value.detach().cpu() for name, value in entry.items()}, tmp)
+    os.replace(tmp, path)

@@ -68,6 +68,7 @@ __all__ = [
     "AttributionConfig",
     "method_names",
     "make_baselines",
+    "baseline_kind",
     "feature_mask_for",
     "attribute",
     "attribute_pair",
@@ -125,9 +126,10 @@ def _is_int(value: object) -> bool:
 class AttributionConfig:
     """How to explain a model: the method and its knobs (validated on construction).
 
-    ``n_steps``: integration steps of integrated_gradients. ``internal_batch_size``: examples per
-    forward pass for integrated_gradients (and the perturbation batch of the perturbation methods);
-    ``None`` means all at once. ``n_samples``: random samples of gradient_shap, KernelShap
+    ``n_steps``: integration steps of integrated_gradients. ``internal_batch_size``: path points
+    per forward pass for integrated_gradients (at least one point per input, so a forward holds
+    ``max(internal_batch_size, N)`` examples; memory stays flat as ``n_steps`` grows) and the
+    perturbation batch of the perturbation methods; ``None`` means all at once. ``n_samples``: random samples of gradient_shap, KernelShap
     surrogate samples, ShapleyValueSampling permutations. ``stdevs``: gradient_shap input noise.
     ``baseline`` / ``n_baselines``: see the module docstring. ``layer``: Grad-CAM layer (``None`` =
     the last conv). ``noise_tunnel`` / ``nt_samples`` / ``nt_stdevs``: optional SmoothGrad-style
@@ -137,7 +139,7 @@ class AttributionConfig:
 
     method: str
     n_steps: int = 32
-    internal_batch_size: int | None = 64
+    internal_batch_size: int | None = 256
     n_samples: int = 16
     stdevs: float = 0.1
     baseline: str = "auto"
@@ -537,6 +539,16 @@ def _attribute_prepared(
     return result.detach().to(torch.float32).contiguous()
 
 
+def baseline_kind(config: AttributionConfig, has_train_inputs: bool) -> str | None:
+    """The baseline a call will use (``zeros``, ``mean`` or ``sample``; ``None`` for methods that
+    take none); ``auto`` resolves to ``sample`` for the SHAP methods when training data are given."""
+    if config.method in _BASELINE_FREE_METHODS:
+        return None
+    if config.baseline == "auto":
+        return "sample" if config.method in _SHAP_METHODS and has_train_inputs else "zeros"
+    return config.baseline
+
+
 def _prepare(
     model: nn.Module,
     inputs: Tensor,
@@ -552,11 +564,9 @@ def _prepare(
     device, dtype = _model_device_dtype(model, inputs.device)
     x = inputs.detach().to(device=device, dtype=dtype).clone()
     tgt = _as_target(target, x.shape[0], device)
-    if config.method in _BASELINE_FREE_METHODS:
+    kind = baseline_kind(config, train_inputs is not None)
+    if kind is None:
         return x, tgt, None
-    kind = config.baseline
-    if kind == "auto":
-        kind = "sample" if config.method in _SHAP_METHODS and train_inputs is not None else "zeros"
     train = None if train_inputs is None else train_inputs.detach().to(device=device, dtype=dtype)
     baselines = make_baselines(kind, x, train, config.n_baselines, config.seed)
     return x, tgt, baselines

@@ -7,11 +7,15 @@ own Agg canvas; the process-wide matplotlib backend is not changed.
 
 Decisions
 ---------
-* Layout of :func:`explanation_figure`: one row per sample, columns ``input | teacher | student``
-  (``fig.axes`` holds exactly ``N * 3`` axes, row-major; no colorbars or twin axes).
+* Layout of :func:`explanation_figure`: one row per sample, columns ``input | teacher | student``.
+  Signals and tabular rows get one axes per cell (``fig.axes`` holds ``N * 3`` axes, row-major).
+  Images are drawn as three axes, one per column, each a vertical strip of the ``N`` samples
+  (one white pixel row between samples): drawing three images instead of ``3 N`` axes makes the
+  figure about three times cheaper, which matters because the callback draws it during ``fit``.
 * Maps use the diverging ``RdBu_r`` colormap (red = positive evidence) with limits
   ``[-m, m]``, ``m`` the largest ``|value|`` of the teacher *and* student maps of that row, so
-  the two are on one scale.
+  the two are on one scale (in image strips each row is divided by its ``m`` and the colour
+  limits are ``[-1, 1]``).
 * Images: maps summed over channels; a 3-channel input is shown in colour (min-max scaled per
   sample), any other channel count as the channel mean in gray.
 * Signals: each column draws the input (one line per channel); the teacher / student columns add
@@ -180,6 +184,8 @@ def explanation_figure(
         feature_names = [f"x{j}" for j in range(x.shape[1])]
     width, height = _CELL_SIZE[kind]
     n = x.shape[0]
+    if kind == "image":
+        return _image_mosaic(x, t, s, labels, title, width=5.0)
     fig = _new_figure((3 * width, n * height + (0.4 if title else 0.0)))
     grid = fig.subplots(n, 3, squeeze=False)
     for i in range(n):
@@ -191,6 +197,58 @@ def explanation_figure(
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _to_rgb(x: np.ndarray, t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB ``[N, H, W, 3]`` panels: the input (colour or gray) and the two maps, each row of maps
+    divided by its shared limit and coloured with ``CMAP`` on ``[-1, 1]``."""
+    import matplotlib
+
+    if x.shape[1] == 3:
+        lo = x.min(axis=(1, 2, 3), keepdims=True)
+        span = x.max(axis=(1, 2, 3), keepdims=True) - lo
+        shown = np.transpose((x - lo) / np.where(span > 0, span, 1.0), (0, 2, 3, 1))
+    else:
+        gray = x.mean(1)
+        lo, hi = gray.min(axis=(1, 2), keepdims=True), gray.max(axis=(1, 2), keepdims=True)
+        shown = np.repeat(((gray - lo) / np.where(hi > lo, hi - lo, 1.0))[..., None], 3, axis=-1)
+    t, s = t.sum(1), s.sum(1)
+    limits = np.array([_row_limit(ti, si) for ti, si in zip(t, s)], dtype=np.float32)[:, None, None]
+    cmap = matplotlib.colormaps[CMAP]
+    paint = lambda maps: cmap(np.nan_to_num((maps / limits + 1.0) / 2.0, nan=0.5))[..., :3]  # noqa: E731
+    return np.clip(shown, 0.0, 1.0), paint(t), paint(s)
+
+
+def _image_mosaic(
+    x: np.ndarray, t: np.ndarray, s: np.ndarray, labels: list[str] | None, title: str, width: float
+) -> Figure:
+    """Images as one RGB mosaic: rows are samples, columns input | teacher | student."""
+    panels = _to_rgb(x, t, s)
+    n, h, w = panels[0].shape[:3]
+    gap = max(1, h // 8)
+    mosaic = np.ones((n * (h + gap) - gap, 3 * (w + gap) - gap, 3), dtype=np.float32)  # white gaps
+    for i in range(n):
+        for j, panel in enumerate(panels):
+            mosaic[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = panel[i]
+    left = 0.3 if labels else 0.02
+    top_inches = 0.8 if title else 0.4  # column names (and the title) above the mosaic
+    image_height = width * (1 - left - 0.02) * mosaic.shape[0] / mosaic.shape[1]
+    height = round(image_height + top_inches + 0.1, 2)  # whole pixels at the default 100 dpi
+    fig = Figure(figsize=(width, height))  # a fixed layout: constrained layout would cost a second draw
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((left, 0.1 / height, 1 - left - 0.02, image_height / height))
+    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    ax.xaxis.tick_top()
+    ax.set_xticks([j * (w + gap) + (w - 1) / 2 for j in range(3)], list(COLUMNS), fontsize=9)
+    ax.set_yticks([i * (h + gap) + (h - 1) / 2 for i in range(n)] if labels else [])
+    if labels:
+        ax.set_yticklabels(labels, fontsize=8)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title, y=1 - 0.08 / height, va="top")
     return fig
 
 

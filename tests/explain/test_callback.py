@@ -93,8 +93,10 @@ def test_bad_arguments_are_clear():
         ExplanationAgreement(methods=["lime"])
     with pytest.raises(ValueError, match="target must be one of teacher, label, student"):
         ExplanationAgreement(target="random")
-    with pytest.raises(ValueError, match="not in methods"):
-        ExplanationAgreement(methods=["saliency"], method_args={"grad_cam": {"layer": "conv2"}})
+    with pytest.raises(ValueError, match="'gradcam', which is not an attribution method; valid methods are: .*grad_cam"):
+        ExplanationAgreement(methods=["saliency"], method_args={"gradcam": {"layer": "conv2"}})
+    # settings for a known method that is not selected are kept, so `--...methods=[saliency]` works on any config
+    ExplanationAgreement(methods=["saliency"], method_args={"integrated_gradients": {"n_steps": 16}})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['steps'\]"):
         ExplanationAgreement(methods=["saliency"], method_args={"saliency": {"steps": 3}})
 
@@ -135,3 +137,73 @@ def test_bf16_mixed_precision_gives_float32_attributions(digits, teacher_checkpo
     trainer = tiny_trainer(max_epochs=1, limit_train_batches=2, precision="bf16-mixed", callbacks=[callback])
     trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
     assert torch.isfinite(torch.tensor(callback.last_results["val/explain/saliency/rank_correlation"]))
+
+
+def _teacher_attribution_calls(monkeypatch, module):
+    """Count attribution calls made on the teacher (the student's are not counted)."""
+    import kdlight.explain.callback as callback_module
+
+    calls, real = [], callback_module.attribute
+
+    def counting(model, *args, **kwargs):
+        if model is module.teacher:
+            calls.append(1)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "attribute", counting)
+    return calls
+
+
+def test_teacher_cache_dir_is_reused_across_runs_and_keyed_by_teacher(digits, teacher_checkpoint, tmp_path, monkeypatch):
+    cache = tmp_path / "teacher_explanations"
+    module = make_module(teacher_checkpoint)
+    reference = small_callback(log_images=False)
+    tiny_trainer(callbacks=[reference]).validate(module, datamodule=digits, verbose=False)
+
+    calls = _teacher_attribution_calls(monkeypatch, module)
+    first = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    tiny_trainer(callbacks=[first]).validate(module, datamodule=digits, verbose=False)
+    computed = len(calls)
+    assert computed > 0 and len(list(cache.glob("*.pt"))) == 2  # one entry per method
+    second = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    tiny_trainer(callbacks=[second]).validate(module, datamodule=digits, verbose=False)
+    assert len(calls) == computed  # the second run read the teacher's side from disk
+    for results in (first.last_results, second.last_results):
+        for key, value in reference.last_results.items():
+            assert results[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+    with torch.no_grad():  # another teacher: new entries, never the stored ones
+        next(module.teacher.parameters()).mul_(0.5)
+    third = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    tiny_trainer(callbacks=[third]).validate(module, datamodule=digits, verbose=False)
+    assert len(calls) > computed and len(list(cache.glob("*.pt"))) == 4
+
+
+def test_unreadable_teacher_cache_entry_is_recomputed_with_a_warning(digits, teacher_checkpoint, tmp_path):
+    cache = tmp_path / "teacher_explanations"
+    module = make_module(teacher_checkpoint)
+    first = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(cache))
+    tiny_trainer(callbacks=[first]).validate(module, datamodule=digits, verbose=False)
+    (entry,) = cache.glob("*.pt")
+    entry.write_bytes(b"not a torch file")
+    second = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(cache))
+    with pytest.warns(UserWarning, match="unreadable teacher explanation cache"):
+        tiny_trainer(callbacks=[second]).validate(module, datamodule=digits, verbose=False)
+    assert second.last_results == pytest.approx(first.last_results, nan_ok=True)
+    torch.load(entry, weights_only=True)  # rewritten
+
+
+def test_auto_teacher_cache_dir_lives_beside_the_teacher_checkpoint(digits, teacher_checkpoint, tmp_path):
+    import shutil
+
+    own_checkpoint = tmp_path / "teacher" / "best.ckpt"
+    own_checkpoint.parent.mkdir()
+    shutil.copy(teacher_checkpoint, own_checkpoint)
+    module = make_module(own_checkpoint)
+    callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
+    tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
+    assert len(list((tmp_path / "teacher" / "explanations").glob("saliency_*.pt"))) == 1
+    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p))
+    callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
+    tiny_trainer(callbacks=[callback]).validate(unloaded, datamodule=digits, verbose=False)
+    assert callback._cache_dir is None  # a teacher not loaded from a file: memory only

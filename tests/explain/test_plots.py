@@ -40,6 +40,15 @@ def test_explanation_figure_grid(kind):
     names = [f"feat{j}" for j in range(x.shape[1])] if kind == "tabular" else None
     fig = explanation_figure(x, t, s, labels=labels, feature_names=names, title=kind)
     assert isinstance(fig, Figure)
+    if kind == "image":  # one RGB mosaic: rows are samples, columns input | teacher | student
+        (ax,) = fig.axes
+        (image,) = ax.images
+        h, w = x.shape[2:]
+        gap = max(1, h // 8)
+        assert image.get_array().shape == (n * (h + gap) - gap, 3 * (w + gap) - gap, 3)
+        assert [tick.get_text() for tick in ax.get_yticklabels()] == labels
+        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["input", "teacher", "student"]
+        return
     assert len(fig.axes) == n * 3
     rows = {ax.get_subplotspec().rowspan.start for ax in fig.axes}
     cols = {ax.get_subplotspec().colspan.start for ax in fig.axes}
@@ -52,13 +61,21 @@ def test_explanation_figure_grid(kind):
 
 
 def test_image_maps_share_a_symmetric_scale_per_row():
-    x, t, s = _maps((1, 1, 5, 5))
-    s = 3 * s
+    import matplotlib
+
+    x, t, s = _maps((2, 1, 5, 5))
+    s[0] = 3 * s[0]  # row 0: the student's map sets the scale; row 1 its own scale
     fig = explanation_figure(x, t, s)
-    (teacher,), (student,) = fig.axes[1].images, fig.axes[2].images
-    assert teacher.get_clim() == student.get_clim()
-    lo, hi = teacher.get_clim()
-    assert lo == pytest.approx(-hi) and hi == pytest.approx(float(s.abs().max()))
+    mosaic = fig.axes[0].images[0].get_array()
+    cmap = matplotlib.colormaps["RdBu_r"]
+    for row in range(2):
+        m = float(torch.cat([t[row], s[row]]).abs().max())
+        top = row * 6  # 5 pixel rows + 1 gap row per sample
+        for col, maps in ((1, t), (2, s)):
+            shown = mosaic[top : top + 5, col * 6 : col * 6 + 5]
+            expected = cmap((maps[row, 0].numpy() / m + 1) / 2)[..., :3]
+            assert np.allclose(shown, expected, atol=1e-6)
+    assert np.allclose(mosaic[5], 1.0)  # white gap between samples
 
 
 def test_figure_to_array_and_save(tmp_path):
@@ -82,7 +99,7 @@ def test_wrong_shapes_raise():
         explanation_figure(x, t, s, labels=["a"])
     with pytest.raises(ValueError, match="feature_names"):
         explanation_figure(*_maps((2, 5)), feature_names=["a", "b"])
-    assert len(explanation_figure(x, t, s, feature_names=["a", "b"]).axes) == 6  # ignored for images
+    assert len(explanation_figure(x, t, s, feature_names=["a", "b"]).axes) == 1  # ignored for images
 
 
 def test_zero_maps_do_not_break():
