@@ -115,7 +115,8 @@ class SupervisedBase(LightningModule):
         extra: dict[str, float] | None = None,
     ) -> None:
         """Accumulate this step's scalars; write them on logging steps (and check they are finite)."""
-        values = torch.stack([v.detach().float().reshape(()) for v in scalars.values()])
+        with torch.no_grad():
+            values = torch.stack(list(scalars.values())).float()
         names = list(scalars)
         if names != self._log_names:  # first step of the epoch, or the objective's terms changed
             if self._log_sums is not None:
@@ -153,13 +154,14 @@ class SupervisedBase(LightningModule):
             return
         self._check_window()
         means = self._log_sums / self._log_steps
-        self.log_dict({f"{name}_epoch": value for name, value in zip(self._log_names, means)}, on_step=False, on_epoch=True, sync_dist=True)
-        for name, count in self._log_samples.items():
-            self.log(f"train/samples_{name}", float(count), on_step=False, on_epoch=True, reduce_fx="sum")
+        epoch = {f"{name}_epoch": value for name, value in zip(self._log_names, means)}
         if self._confusion is not None:
             confusion = self.trainer.strategy.reduce(self._confusion, reduce_op="sum")
-            accuracy, f1 = accuracy_and_macro_f1(confusion)
-            self.log_dict({"train/acc": accuracy, "train/f1": f1}, on_step=False, on_epoch=True)
+            epoch["train/acc"], epoch["train/f1"] = accuracy_and_macro_f1(confusion)
+        # one call: the loss means are averaged over ranks, accuracy/F1 come from the summed confusion
+        self.log_dict(epoch, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
+        for name, count in self._log_samples.items():
+            self.log(f"train/samples_{name}", float(count), on_step=False, on_epoch=True, reduce_fx="sum")
         self._reset_training_log()
 
     def on_train_epoch_end(self) -> None:
