@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -68,6 +69,19 @@ def accuracy_and_macro_f1(confusion: Tensor) -> tuple[Tensor, Tensor]:
     return accuracy, (f1.mean() if len(f1) else torch.zeros((), device=confusion.device))
 
 
+@dataclass
+class TrainingLog:
+    """Training scalars of the current epoch, accumulated on the device."""
+
+    names: list[str] = field(default_factory=list)
+    sums: Tensor | None = None  # per-name sums over the epoch
+    window: Tensor | None = None  # per-name sums since the last finite check
+    window_start: int = 0
+    steps: int = 0
+    samples: dict[str, int] = field(default_factory=dict)
+    confusion: Tensor | None = None  # [true, predicted] counts of labeled samples
+
+
 class SupervisedBase(LightningModule):
     """Optimizer/scheduler injection, hyperparameter saving, example inputs, cheap training logs.
 
@@ -98,13 +112,9 @@ class SupervisedBase(LightningModule):
 
     # -- cheap training logs -----------------------------------------------------------------
     def _reset_training_log(self) -> None:
-        self._log_names: list[str] = []
-        self._log_sums: Tensor | None = None
-        self._log_window: Tensor | None = None
-        self._log_steps = 0
-        self._log_samples: dict[str, int] = {}
-        self._confusion: Tensor | None = None
-        self._window_start = 0
+        # a plain object: nn.Module attribute assignment costs microseconds per field and step
+        previous = self.__dict__.get("_train_log")
+        self._train_log = TrainingLog(window_start=previous.window_start if previous is not None else 0)
 
     def record_training(
         self,
@@ -118,49 +128,53 @@ class SupervisedBase(LightningModule):
         with torch.no_grad():
             values = torch.stack(list(scalars.values())).float()
         names = list(scalars)
-        if names != self._log_names:  # first step of the epoch, or the objective's terms changed
-            if self._log_sums is not None:
+        log = self._train_log
+        if names != log.names:  # first step of the epoch, or the objective's terms changed
+            if log.sums is not None:
                 self._flush_epoch()
-            self._log_names, self._log_sums, self._log_window = names, torch.zeros_like(values), torch.zeros_like(values)
-        self._log_sums += values
-        self._log_window += values
-        self._log_steps += 1
+                log = self._train_log
+            log.names, log.sums, log.window = names, torch.zeros_like(values), torch.zeros_like(values)
+        log.sums += values
+        log.window += values
+        log.steps += 1
         if logits is not None and target is not None and len(target):
             num_classes = logits.shape[-1]
             flat = target * num_classes + logits.detach().argmax(-1)
             counts = torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-            self._confusion = counts if self._confusion is None else self._confusion + counts
+            log.confusion = counts if log.confusion is None else log.confusion.add_(counts)
         for name, count in (samples or {}).items():
-            self._log_samples[name] = self._log_samples.get(name, 0) + count
+            log.samples[name] = log.samples.get(name, 0) + count
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self._check_window()
-            current = dict(zip(names, values))
-            for name, value in current.items():
+            self._check_window(last_step=self.global_step)
+            for name, value in zip(names, values):
                 self.log(name, value, on_step=True, on_epoch=False, prog_bar=name == "train/loss")
             for name, value in (extra or {}).items():
                 self.log(name, float(value), on_step=True, on_epoch=False)
 
-    def _check_window(self) -> None:
-        if self.check_finite and self._log_window is not None:
-            sums = dict(zip(self._log_names, self._log_window))
+    def _check_window(self, last_step: int) -> None:
+        """Check the sums of steps ``window_start..last_step`` (one host sync) and start a new window."""
+        log = self._train_log
+        if self.check_finite and log.window is not None:
+            sums = dict(zip(log.names, log.window))
             terms = {n.removeprefix("train/loss_"): v for n, v in sums.items() if n.startswith("train/loss_")}
             terms = terms or {n.removeprefix("train/"): v for n, v in sums.items()}
-            check_finite_loss(terms, self.current_epoch, self.global_step, since=self._window_start)
-            self._log_window.zero_()
-            self._window_start = self.global_step + 1
+            check_finite_loss(terms, self.current_epoch, last_step, since=log.window_start)
+            log.window.zero_()
+            log.window_start = last_step + 1
 
     def _flush_epoch(self) -> None:
-        if self._log_sums is None or self._log_steps == 0:
+        log = self._train_log
+        if log.sums is None or log.steps == 0:
             return
-        self._check_window()
-        means = self._log_sums / self._log_steps
-        epoch = {f"{name}_epoch": value for name, value in zip(self._log_names, means)}
-        if self._confusion is not None:
-            confusion = self.trainer.strategy.reduce(self._confusion, reduce_op="sum")
+        self._check_window(last_step=self.global_step - 1)  # the current step is not in the sums
+        means = log.sums / log.steps
+        epoch = {f"{name}_epoch": value for name, value in zip(log.names, means)}
+        if log.confusion is not None:
+            confusion = self.trainer.strategy.reduce(log.confusion, reduce_op="sum")
             epoch["train/acc"], epoch["train/f1"] = accuracy_and_macro_f1(confusion)
         # one call: the loss means are averaged over ranks, accuracy/F1 come from the summed confusion
         self.log_dict(epoch, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
-        for name, count in self._log_samples.items():
+        for name, count in log.samples.items():
             self.log(f"train/samples_{name}", float(count), on_step=False, on_epoch=True, reduce_fx="sum")
         self._reset_training_log()
 
