@@ -3,33 +3,49 @@
 Sections (every figure is a ratio against a baseline timed or measured in this same run):
 
 1. ``fit`` throughput (training samples/s over N epochs after one warm-up epoch) of
-   ``kdlight.DistillationModule`` against a hand-written PyTorch loop doing the same work: the
-   digits CNN2d teacher ([32, 64], hidden 128, frozen, eval, no grad), an MLP student, the same
-   ``DigitsDataModule`` loader and batch size, ``0.1 * CE + 0.9 * kd_loss(T=4)``, Adam(lr=3e-3).
-   Extra rows take the work apart: a bare LightningModule with the same maths (Lightning's own
-   cost), kdlight with ``check_finite=False`` (the per-step host sync), kdlight without its
-   per-step ``self.log`` / train-metric updates (a subclass made here, kdlight is not changed),
-   and kdlight with a ``CSVLogger`` (what logging to files costs).
-2. Share of ``fit`` wall time taken by ``ExplanationAgreement`` at the settings of
-   ``configs/digits/kd.yaml`` (integrated_gradients + saliency, every 5 epochs, 128 probes, 20
-   epochs, validation on, CSVLogger, ModelCheckpoint), the same without figures and faithfulness,
-   and at ``every_n_epochs=1``; plus where the callback's time goes (attribution, chance level,
-   faithfulness, artifacts, surrogate).
+   ``kdlight.DistillationModule`` against a hand-written PyTorch loop doing the same work: same
+   frozen teacher (eval, no grad), student, loader object kind and batch size,
+   ``0.1 * CE + 0.9 * kd_loss(T=4)``, Adam(lr=3e-3). Two workloads (``--workload``):
+   ``digits`` (sklearn 8x8 digits from ``DigitsDataModule``, 1167 training images, CNN2d
+   [32, 64] hidden 128 teacher, MLP student, batch 64) and ``cifar`` (CIFAR-shaped synthetic
+   data: ``--cifar-train-size`` random 3x32x32 images with 100 classes from an ``ArrayDataModule``
+   made here, resnet20 teacher, resnet8 student = ``CifarResNet(8, [16, 16, 32, 64])``, batch
+   64; about 2 s per 512-sample epoch on one core, the teacher ~45 % of a step; a resnet8x4
+   teacher would take ~3.5 s per epoch). Extra rows take the work apart: a bare LightningModule with the same maths (Lightning's
+   own cost), kdlight with ``check_finite=False``, kdlight with its ``record_training`` replaced
+   by a no-op (a subclass made here; kdlight's own training-log cost), and kdlight with a
+   ``CSVLogger`` at ``log_every_n_steps`` 50 and 10 (what logging to files costs); the cifar
+   workload (compute-bound steps) and ``--quick`` skip the ``check_finite`` and CSV(50) rows
+   (``--all-variants`` runs them).
+2. Share of ``fit`` wall time taken by ``ExplanationAgreement`` at the settings shipped in
+   ``configs/digits/kd.yaml`` (read from the file: the callback's init_args, the trainer's
+   max_epochs / log_every_n_steps / deterministic, CSVLogger, ModelCheckpoint, the model, data
+   and optimizer), the same with ``log_images=False``, and at ``every_n_epochs=1`` (against its
+   own shorter baseline); plus where the callback's time goes (attribution, chance level,
+   faithfulness, surrogate per run; per-class tables and figures once per fit).
 3. Peak memory of integrated gradients (``kdlight.explain.attribute``) as ``n_steps`` grows, with
    ``internal_batch_size=64`` and with ``None`` (all steps in one forward): CUDA
    ``max_memory_allocated``; on CPU the peak RSS growth (VmHWM after reset, or ru_maxrss) in a
    fresh subprocess per setting.
-4. ``--device cuda`` only: bf16-mixed vs 32-true throughput of the same kdlight fit.
+4. ``--device cuda`` only (rides with section 1): bf16-mixed vs 32-true throughput of the same
+   kdlight fit, and bf16 autocast vs fp32 for the plain loop.
+5. Teacher cache: epoch wall time (epochs 2..N; the first epoch fills the cache) of
+   student-only training (``kdlight.ClassifierModule``, CE only), kdlight distillation without
+   a cache, and with ``teacher_cache="memory"``, for each selected workload, with the Trainer
+   settings of section 1.
 
-Run ``python scripts/benchmark.py`` (about 3.5 minutes on 2 idle CPU cores, longer when they are
-busy; about 4.5 on an H100 machine with ``--device cuda``), ``--quick`` (about 1-1.5 minutes), ``--out table.md`` to also write
+Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 4.5-5
+minutes on 2 CPU cores, longer when they are busy), ``--quick`` (about 1-1.5 minutes),
+``--sections 1 --workload cifar`` for one section and workload, ``--out table.md`` to also write
 the table to a file. Results and their reading: BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import importlib
 import json
 import logging
 import os
@@ -41,10 +57,15 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+KD_YAML = REPO / "configs" / "digits" / "kd.yaml"
+
 
 # --------------------------------------------------------------------------------------------
 # environment
@@ -110,36 +131,90 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3g}-{max(values):.3g}"
 
 
+
+
 # --------------------------------------------------------------------------------------------
-# shared models / data
+# workloads: models and data (sections 1 and 5)
 
 
-TEACHER_ARGS = dict(in_channels=1, num_classes=10, channels=[32, 64], hidden=128)
+DIGITS_TEACHER = dict(in_channels=1, num_classes=10, channels=[32, 64], hidden=128)
+CIFAR_CLASSES = 100
+CIFAR_STUDENT = dict(depth=8, widths=[16, 16, 32, 64])  # "resnet8": resnet20's widths, one block per stage
+CIFAR_EVAL_SIZE = 64  # val/test samples of the synthetic data (sections 1 and 5 never validate)
 
 
-def build_models(student_hidden: list[int]):
-    from kdlight.models import CNN2d, MLP
+@functools.cache
+def synthetic_cifar_cls():
+    """An in-memory kdlight data module over random CIFAR-shaped tensors (made here, so it has
+    everything kdlight's own data modules have: ``example_input``, ``train_inputs``,
+    ``return_index`` for the teacher cache, the shuffled ``EpochShuffleSampler`` loader)."""
+    from kdlight.data import ArrayDataModule
 
-    torch.manual_seed(0)
-    teacher = CNN2d(**TEACHER_ARGS)  # random weights: the cost of a step does not depend on them
-    student = MLP(in_features=64, num_classes=10, hidden=list(student_hidden))
-    return teacher, student
+    class SyntheticCIFARDataModule(ArrayDataModule):
+        """``train_size`` standard-normal 3x32x32 images (normalised-CIFAR scale), 100 classes."""
+
+        def __init__(self, batch_size: int = 64, train_size: int = 512, seed: int = 0) -> None:
+            super().__init__(batch_size=batch_size, seed=seed)
+            self.train_size = train_size
+            self.num_classes = CIFAR_CLASSES
+            self.input_shape = (3, 32, 32)
+            self.class_names = [str(c) for c in range(CIFAR_CLASSES)]
+
+        def _load_splits(self):
+            g = torch.Generator().manual_seed(self.seed)
+
+            def make(n):
+                return torch.randn(n, *self.input_shape, generator=g), torch.randint(0, CIFAR_CLASSES, (n,), generator=g)
+
+            return {"train": make(self.train_size), "val": make(CIFAR_EVAL_SIZE), "test": make(CIFAR_EVAL_SIZE)}
+
+    return SyntheticCIFARDataModule
 
 
-def datamodule(batch_size: int):
-    from kdlight.data import DigitsDataModule
+@dataclass
+class Workload:
+    """One model/data pair; every variant of sections 1 and 5 builds its models and loader here."""
 
-    dm = DigitsDataModule(batch_size=batch_size, seed=0)
-    dm.setup("fit")
-    return dm
+    name: str  # "digits" or "cifar"
+    batch_size: int
+    epochs: int  # timed epochs per fit, after one warm-up epoch
+    repeats: int
+    variants: tuple[str, ...] = ()  # section-1 variants run for this workload
+    student_hidden: list[int] = field(default_factory=lambda: [32])
+    train_size: int = 512  # cifar only
+
+    def models(self):
+        """(teacher, student), random init from seed 0: the cost of a step does not depend on the weights."""
+        torch.manual_seed(0)
+        if self.name == "digits":
+            from kdlight.models import CNN2d, MLP
+
+            return CNN2d(**DIGITS_TEACHER), MLP(in_features=64, num_classes=10, hidden=list(self.student_hidden))
+        from kdlight.models import CifarResNet, ResNet20
+
+        return ResNet20(num_classes=CIFAR_CLASSES), CifarResNet(num_classes=CIFAR_CLASSES, **CIFAR_STUDENT)
+
+    def datamodule(self):
+        if self.name == "digits":
+            from kdlight.data import DigitsDataModule
+
+            dm = DigitsDataModule(batch_size=self.batch_size, seed=0)
+        else:
+            dm = synthetic_cifar_cls()(batch_size=self.batch_size, train_size=self.train_size, seed=0)
+        dm.setup("fit")
+        return dm
+
+    def describe(self) -> str:
+        if self.name == "digits":
+            return (f"digits: DigitsDataModule (1167 train images 1x8x8, 10 classes), batch {self.batch_size}; teacher "
+                    f"CNN2d[32,64] hidden 128, student MLP(64, hidden={self.student_hidden})")
+        return (f"cifar: synthetic N(0,1) 3x32x32 tensors, {self.train_size} train samples, 100 classes (ArrayDataModule "
+                f"subclass, same loader kind as digits), batch {self.batch_size}; teacher resnet20 (0.28M params), "
+                "student resnet8 = CifarResNet(8, [16,16,32,64]) (0.08M)")
 
 
 def adam(params):
     return torch.optim.Adam(params, lr=3e-3)
-
-
-# --------------------------------------------------------------------------------------------
-# section 1: throughput
 
 
 def epoch_timer(device: str):
@@ -170,17 +245,25 @@ def samples_per_s(stamps: list[float], n_train: int) -> float:
     return n_train * timed_epochs / (stamps[-1] - stamps[1])
 
 
-def plain_loop(cfg, epochs: int, precision: str = "32-true") -> float:
+def seconds_per_epoch(stamps: list[float]) -> float:
+    """Mean wall time of epochs 2..N (the first one warms up / fills the teacher cache)."""
+    return (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+
+
+# --------------------------------------------------------------------------------------------
+# section 1: throughput
+
+
+def plain_loop(cfg, wl: Workload, epochs: int, precision: str = "32-true") -> float:
     """The hand-written baseline: same models, loader, objective and optimizer as kdlight."""
     from kdlight.functional import kd_loss
 
     device = cfg.device
-    teacher, student = build_models(cfg.student_hidden)
+    teacher, student = wl.models()
     teacher = teacher.to(device).eval().requires_grad_(False)
     student = student.to(device).train()
     optimizer = adam(student.parameters())
-    dm = datamodule(cfg.batch_size)
-    loader = dm.train_dataloader()
+    loader = wl.datamodule().train_dataloader()
     n_train = len(loader.dataset)
     amp = (
         torch.autocast(device_type=device, dtype=torch.bfloat16)
@@ -238,49 +321,39 @@ def bare_module_cls():
     return BareKD
 
 
-def trimmed_module_cls(log_losses: bool, train_metrics: bool):
-    """kdlight's DistillationModule with parts of its training_step switched off (a subclass made
-    here to measure what they cost; kdlight itself is not changed)."""
+def no_training_logs_cls():
+    """kdlight's DistillationModule with ``SupervisedBase.record_training`` as a no-op (a subclass
+    made here; kdlight is not changed): no train loss/weight logs, no train acc/F1 confusion
+    matrix, and so also no finite-loss check (that runs on logging steps inside it)."""
     from kdlight import DistillationModule
-    from kdlight.errors import check_finite_loss
-    from kdlight.step import total_loss
 
-    class TrimmedDistillation(DistillationModule):
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            step, terms = self.distill_step(x, y)
-            loss = total_loss(terms)
-            if self.check_finite:
-                check_finite_loss({t.name: t.value for t in terms}, self.current_epoch, self.global_step)
-            if log_losses:
-                for term in terms:
-                    self.log(f"train/loss_{term.name}", term.value.detach(), on_step=True, on_epoch=True)
-                self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True)
-            if train_metrics:
-                self.train_metrics.update(step.student_logits.detach(), y)
-                self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-            return loss
+    class NoTrainingLogs(DistillationModule):
+        def record_training(self, *args, **kwargs) -> None:
+            return None
 
-    return TrimmedDistillation
+    return NoTrainingLogs
 
 
-def kd_module(cfg, cls=None, **kwargs):
+def kd_module(wl: Workload, cls=None, **kwargs):
     from kdlight import DistillationModule
     from kdlight.objectives import KD
 
     cls = cls or DistillationModule
-    teacher, student = build_models(cfg.student_hidden)
+    teacher, student = wl.models()
     return cls(teacher, student, objective=KD(temperature=4.0, alpha=0.9), optimizer=adam, **kwargs)
 
 
-def on_device(module, device: str):
-    """Work-around for a kdlight bug on CUDA: Lightning calls ``setup`` before it moves the module
-    (``self.device`` already reads cuda), so ``DistillationModule.setup`` sends its shape probe to
-    cuda while the weights are still on the CPU and fails. Moving the module first avoids it."""
-    return module.to(device) if device == "cuda" else module
+def classifier_module(wl: Workload):
+    from kdlight import ClassifierModule
+
+    _, student = wl.models()
+    return ClassifierModule(student, optimizer=adam)
 
 
-def lightning_fit(cfg, module, epochs: int, logger=False, precision: str = "32-true", log_every_n_steps: int = 50) -> float:
+def timed_fit(cfg, wl: Workload, module, epochs: int, logger=False, precision: str = "32-true",
+              log_every_n_steps: int = 50) -> tuple[list[float], int]:
+    """``trainer.fit`` with the section-1 Trainer settings; returns the epoch time stamps and the
+    number of training samples."""
     import lightning as L
 
     timer = epoch_timer(cfg.device)
@@ -304,47 +377,77 @@ def lightning_fit(cfg, module, epochs: int, logger=False, precision: str = "32-t
             default_root_dir=tmp,
             callbacks=[timer],
         )
-        dm = datamodule(cfg.batch_size)
-        trainer.fit(on_device(module, cfg.device), datamodule=dm)
-        n_train = len(dm.train_dataloader().dataset)
-    return samples_per_s(timer.stamps, n_train)
+        dm = wl.datamodule()
+        trainer.fit(module, datamodule=dm)
+        n_train = len(dm.train_inputs())
+    return timer.stamps, n_train
 
 
-def throughput_variants(cfg) -> dict[str, callable]:
-    epochs = cfg.epochs + 1  # + the warm-up epoch
+def lightning_fit(cfg, wl: Workload, module, epochs: int, **kwargs) -> float:
+    return samples_per_s(*timed_fit(cfg, wl, module, epochs, **kwargs))
+
+
+SECTION1_VARIANTS = ("plain", "bare_lightning", "kdlight", "kdlight_nofinite", "kdlight_nolog", "kdlight_csv50",
+                     "kdlight_csv10")
+
+
+def throughput_variants(cfg, wl: Workload) -> dict[str, callable]:
+    """name -> fn(epochs) returning train samples/s."""
     variants = {
-        "plain": lambda: plain_loop(cfg, epochs),
-        "bare_lightning": lambda: lightning_fit(cfg, bare_module_cls()(*build_models(cfg.student_hidden)), epochs),
-        "kdlight": lambda: lightning_fit(cfg, kd_module(cfg), epochs),
-        "kdlight_nofinite": lambda: lightning_fit(cfg, kd_module(cfg, check_finite=False), epochs),
-        "kdlight_nometrics": lambda: lightning_fit(cfg, kd_module(cfg, cls=trimmed_module_cls(True, False)), epochs),
-        "kdlight_nolog": lambda: lightning_fit(cfg, kd_module(cfg, cls=trimmed_module_cls(False, False)), epochs),
-        "kdlight_nolog_nofinite": lambda: lightning_fit(
-            cfg, kd_module(cfg, cls=trimmed_module_cls(False, False), check_finite=False), epochs
-        ),
-        "kdlight_csv50": lambda: lightning_fit(cfg, kd_module(cfg), epochs, logger="csv", log_every_n_steps=50),
-        "kdlight_csv10": lambda: lightning_fit(cfg, kd_module(cfg), epochs, logger="csv", log_every_n_steps=10),
+        "plain": lambda e: plain_loop(cfg, wl, e),
+        "bare_lightning": lambda e: lightning_fit(cfg, wl, bare_module_cls()(*wl.models()), e),
+        "kdlight": lambda e: lightning_fit(cfg, wl, kd_module(wl), e),
+        "kdlight_nofinite": lambda e: lightning_fit(cfg, wl, kd_module(wl, check_finite=False), e),
+        "kdlight_nolog": lambda e: lightning_fit(cfg, wl, kd_module(wl, cls=no_training_logs_cls()), e),
+        "kdlight_csv50": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=50),
+        "kdlight_csv10": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=10),
     }
-    if cfg.quick:
-        keep = ("plain", "bare_lightning", "kdlight", "kdlight_nofinite", "kdlight_nolog", "kdlight_csv50")
-        variants = {k: v for k, v in variants.items() if k in keep}
+    variants = {k: v for k, v in variants.items() if k in wl.variants}
     if cfg.device == "cuda":
-        variants["kdlight_bf16"] = lambda: lightning_fit(cfg, kd_module(cfg), epochs, precision="bf16-mixed")
-        variants["plain_bf16"] = lambda: plain_loop(cfg, epochs, precision="bf16-mixed")
+        variants["kdlight_bf16"] = lambda e: lightning_fit(cfg, wl, kd_module(wl), e, precision="bf16-mixed")
+        variants["plain_bf16"] = lambda e: plain_loop(cfg, wl, e, precision="bf16-mixed")
     return variants
 
 
-def run_throughput(cfg) -> dict[str, list[float]]:
-    variants = throughput_variants(cfg)
+_WARMED: set[str] = set()  # sections whose one-off untimed pre-pass has run in this process
+
+
+def run_throughput(cfg, wl: Workload) -> dict[str, list[float]]:
+    variants = throughput_variants(cfg, wl)
     results: dict[str, list[float]] = {name: [] for name in variants}
-    for name, fn in variants.items():  # one untimed pass of each (imports, caches, CUDA init)
-        if cfg.device == "cuda" or name in ("plain", "kdlight"):
-            fn()
-    for r in range(cfg.repeats):  # interleaved, so drifting background load hits all alike
+    for name, fn in variants.items():  # one untimed 2-epoch pass (imports, caches, CUDA init)
+        if cfg.device == "cuda" or (name in ("plain", "kdlight") and "1" not in _WARMED):
+            fn(2)
+    _WARMED.add("1")
+    for r in range(wl.repeats):  # interleaved, so drifting background load hits all alike
         for name, fn in variants.items():
-            results[name].append(fn())
-        log(f"  throughput repeat {r + 1}/{cfg.repeats}: "
+            results[name].append(fn(wl.epochs + 1))  # + the warm-up epoch
+        log(f"  [{wl.name}] throughput repeat {r + 1}/{wl.repeats}: "
             + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items()))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# section 5: teacher cache
+
+
+def run_cache(cfg, wl: Workload) -> dict[str, list[float]]:
+    """Seconds per epoch (epochs 2..N) of student-only, uncached and cached distillation."""
+    variants = {
+        "student": lambda e: timed_fit(cfg, wl, classifier_module(wl), e)[0],
+        "uncached": lambda e: timed_fit(cfg, wl, kd_module(wl), e)[0],
+        "cached": lambda e: timed_fit(cfg, wl, kd_module(wl, teacher_cache="memory"), e)[0],
+    }
+    for name, fn in variants.items():  # one untimed 2-epoch pass of each (imports, caches, CUDA init)
+        if cfg.device == "cuda" or "5" not in _WARMED:
+            fn(2)
+    _WARMED.add("5")
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(wl.repeats):
+        for name, fn in variants.items():
+            results[name].append(seconds_per_epoch(fn(wl.epochs + 1)))
+        log(f"  [{wl.name}] cache repeat {r + 1}/{wl.repeats}: "
+            + ", ".join(f"{k}={v[-1] * 1000:.0f}ms/epoch" for k, v in results.items()))
     return results
 
 
@@ -352,89 +455,186 @@ def run_throughput(cfg) -> dict[str, list[float]]:
 # section 2: explanation callback share of fit
 
 
-class CallbackProfiler:
-    """Wall time of the callback's parts, by wrapping its bound methods (kdlight is unchanged)."""
+EXPLAIN_CLASS = "kdlight.explain.ExplanationAgreement"
 
-    PARTS = ("run", "explain", "chance", "faithfulness", "artifacts", "surrogate")
+
+def import_path(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def instantiate(spec, tmp: str | None = None):
+    """Build ``{class_path, init_args}`` specs (recursively), as LightningCLI does; ``dirpath`` /
+    ``save_dir`` arguments are sent to ``tmp``."""
+    if isinstance(spec, dict) and "class_path" in spec:
+        args = {k: instantiate(v, tmp) for k, v in (spec.get("init_args") or {}).items()}
+        if tmp is not None:
+            args.update({k: tmp for k in ("dirpath", "save_dir") if k in args})
+        return import_path(spec["class_path"])(**args)
+    if isinstance(spec, dict):
+        return {k: instantiate(v, tmp) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [instantiate(v, tmp) for v in spec]
+    return spec
+
+
+@dataclass
+class ShippedConfig:
+    """What ``configs/digits/kd.yaml`` sets up."""
+
+    seed: int
+    max_epochs: int
+    log_every_n_steps: int
+    deterministic: bool
+    logger: object
+    callbacks: list  # specs of the trainer callbacks other than ExplanationAgreement
+    explain_args: dict
+    model: dict
+    data: dict
+
+    @classmethod
+    def load(cls, path: Path = KD_YAML) -> "ShippedConfig":
+        import yaml
+
+        config = yaml.safe_load(path.read_text())
+        trainer = config["trainer"]
+        callbacks = trainer.get("callbacks") or []
+        explain = [c for c in callbacks if c.get("class_path") == EXPLAIN_CLASS]
+        if len(explain) != 1:
+            raise ValueError(f"{path} has {len(explain)} {EXPLAIN_CLASS} callbacks, expected 1")
+        return cls(
+            seed=config.get("seed_everything", 0),
+            max_epochs=trainer["max_epochs"],
+            log_every_n_steps=trainer.get("log_every_n_steps", 50),
+            deterministic=bool(trainer.get("deterministic", False)),
+            logger=trainer.get("logger", True),
+            callbacks=[c for c in callbacks if c is not explain[0]],
+            explain_args=dict(explain[0].get("init_args") or {}),
+            model=config["model"],
+            data=config["data"],
+        )
+
+    def module(self):
+        """The model of the config, with a random-init teacher (``teacher_checkpoint`` dropped)."""
+        args = dict(self.model.get("init_args") or {})
+        args.pop("teacher_checkpoint", None)
+        for key in ("optimizer", "lr_scheduler"):  # LightningCLI hands these over as callables
+            spec = args.get(key)
+            if isinstance(spec, dict):
+                args[key] = functools.partial(import_path(spec["class_path"]), **(spec.get("init_args") or {}))
+        return instantiate({"class_path": self.model["class_path"], "init_args": args})
+
+    def optimizer_text(self) -> str:
+        spec = (self.model.get("init_args") or {}).get("optimizer") or {}
+        if not isinstance(spec, dict):
+            return str(spec)
+        args = ", ".join(f"{k}={v}" for k, v in (spec.get("init_args") or {}).items())
+        return f"{spec.get('class_path', '?').rsplit('.', 1)[-1]}({args})"
+
+
+class CallbackProfiler:
+    """Wall time of the callback's parts, by wrapping its bound methods (kdlight is unchanged).
+
+    ``run`` is one callback run (a validation epoch it fires on), timed inclusively; attribution
+    maps (``_explain``), chance level, faithfulness and the surrogate happen inside it and are
+    timed exclusively (a part called inside another part counts as itself, not twice), so
+    ``run - parts`` is the rest of a run. ``_log_artifacts`` (per-class tables and figures) is
+    called from ``on_fit_end``, once per fit. Where kdlight renamed a method, the first of the
+    candidate names that exists is wrapped; names that exist under none land in ``missing``.
+    """
+
+    METHODS = {
+        "run": ("run",),
+        "explain": ("_explain",),
+        "chance": ("_chance_level",),
+        "faithfulness": ("_faithfulness", "_faithfulness_scores"),
+        "artifacts": ("_log_artifacts",),
+    }
+    PARTS = ("run", "explain", "chance", "faithfulness", "surrogate", "artifacts")
 
     def __init__(self, callback, device: str) -> None:
         import kdlight.explain.callback as cb_module
 
         self.totals = {p: 0.0 for p in self.PARTS}
         self.calls = 0
-        self._in_chance = False
+        self.missing: list[str] = []
+        self.wrapped: dict[str, str] = {}
+        self._stack: list[float] = []  # time spent in wrapped callees of each active wrapped call
         self.device = device
         self._module = cb_module
-        self._orig_surrogate = cb_module.fit_surrogate
-        callback.run = self._wrap(callback.run, "run")
-        callback._explain = self._wrap(callback._explain, "explain")
-        callback._chance_level = self._wrap(callback._chance_level, "chance")
-        callback._faithfulness = self._wrap(callback._faithfulness, "faithfulness")
-        callback._log_artifacts = self._wrap(callback._log_artifacts, "artifacts")
-        cb_module.fit_surrogate = self._wrap(self._orig_surrogate, "surrogate")
+        for part, names in self.METHODS.items():
+            name = next((n for n in names if callable(getattr(callback, n, None))), None)
+            if name is None:
+                self.missing.append("ExplanationAgreement." + "/".join(names))
+                continue
+            self.wrapped[part] = name
+            setattr(callback, name, self._wrap(getattr(callback, name), part))
+        self._orig_surrogate = getattr(cb_module, "fit_surrogate", None)
+        if self._orig_surrogate is None:
+            self.missing.append("kdlight.explain.callback.fit_surrogate")
+        else:
+            self.wrapped["surrogate"] = "fit_surrogate"
+            cb_module.fit_surrogate = self._wrap(self._orig_surrogate, "surrogate")
 
     def restore(self) -> None:
-        self._module.fit_surrogate = self._orig_surrogate
+        if self._orig_surrogate is not None:
+            self._module.fit_surrogate = self._orig_surrogate
 
     def _wrap(self, fn, part):
+        @functools.wraps(fn)
         def timed(*args, **kwargs):
-            if part == "explain" and self._in_chance:
-                return fn(*args, **kwargs)  # counted in "chance"
-            if part == "chance":
-                self._in_chance = True
             if part == "run":
                 self.calls += 1
             sync(self.device)
             start = time.perf_counter()
+            self._stack.append(0.0)
             try:
                 return fn(*args, **kwargs)
             finally:
                 sync(self.device)
-                self.totals[part] += time.perf_counter() - start
-                if part == "chance":
-                    self._in_chance = False
+                elapsed = time.perf_counter() - start
+                nested = self._stack.pop()
+                self.totals[part] += elapsed if part == "run" else elapsed - nested
+                if self._stack:
+                    self._stack[-1] += elapsed
 
         return timed
 
 
-def config_fit(cfg, every_n_epochs: int | None, epochs: int, lean: bool = False) -> tuple[float, dict[str, float] | None]:
-    """``fit`` as configs/digits/kd.yaml sets it up (progress bar and model summary off)."""
+def config_fit(cfg, ship: ShippedConfig, explain_args: dict | None, epochs: int) -> tuple[float, dict | None]:
+    """``fit`` as configs/digits/kd.yaml sets it up (progress bar and model summary off, random-init
+    teacher); ``explain_args`` None runs it without ExplanationAgreement."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from kdlight.explain import ExplanationAgreement
 
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(ship.seed, verbose=False)
     profiler = None
     with tempfile.TemporaryDirectory() as tmp:
-        callbacks = [ModelCheckpoint(dirpath=tmp, filename="best", monitor="val/acc", mode="max", save_last=True)]
-        if every_n_epochs is not None:
-            explain = ExplanationAgreement(
-                methods=["integrated_gradients", "saliency"], every_n_epochs=every_n_epochs, num_probes=128,
-                **({"log_images": False, "faithfulness": False} if lean else {}),
-            )
+        callbacks = [instantiate(spec, tmp) for spec in ship.callbacks]
+        if explain_args is not None:
+            explain = ExplanationAgreement(**instantiate(explain_args))
             profiler = CallbackProfiler(explain, cfg.device)
             callbacks.append(explain)
         trainer = L.Trainer(
             max_epochs=epochs,
             accelerator="gpu" if cfg.device == "cuda" else "cpu",
             devices=1,
-            deterministic=True,
-            log_every_n_steps=10,
+            deterministic=ship.deterministic,
+            log_every_n_steps=ship.log_every_n_steps,
             default_root_dir=tmp,
-            logger=CSVLogger(tmp, name="", version=""),
+            logger=instantiate(ship.logger, tmp),
             callbacks=callbacks,
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        module = kd_module(cfg)
-        dm = datamodule(64)
+        module = ship.module()
+        dm = instantiate(ship.data)
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
             sync(cfg.device)
             start = time.perf_counter()
-            trainer.fit(on_device(module, cfg.device), datamodule=dm)
+            trainer.fit(module, datamodule=dm)
             sync(cfg.device)
             wall = time.perf_counter() - start
         finally:
@@ -445,33 +645,45 @@ def config_fit(cfg, every_n_epochs: int | None, epochs: int, lean: bool = False)
     if profiler is not None:
         parts = dict(profiler.totals)
         parts["calls"] = profiler.calls
+        parts["missing"] = profiler.missing
+        parts["wrapped"] = profiler.wrapped
     return wall, parts
 
 
 def run_callback_share(cfg) -> dict:
-    # (name, every_n_epochs, epochs): every_n_epochs=1 is paired with its own baseline over fewer
-    # epochs, to keep the run short; its share is per epoch, so the epoch count barely matters
-    settings = {
-        "without": (None, cfg.config_epochs, False),
-        "every5": (5, cfg.config_epochs, False),
-        "every5_lean": (5, cfg.config_epochs, True),  # log_images=False, faithfulness=False
-        "without_short": (None, cfg.every1_epochs, False),
-        "every1": (1, cfg.every1_epochs, False),
-    }
-    if cfg.quick:
-        del settings["every5_lean"]
-    walls: dict[str, list[float]] = {k: [] for k in settings}
-    parts: dict[str, list[dict]] = {k: [] for k in settings}
-    config_fit(cfg, 1, 1)  # untimed warm-up: captum/matplotlib imports, first figure, caches
-    for r in range(cfg.repeats_config):
-        for name, (every, epochs, lean) in settings.items():
-            wall, p = config_fit(cfg, every, epochs, lean)
-            walls[name].append(wall)
-            if p is not None:
-                parts[name].append(p)
-        log(f"  callback repeat {r + 1}/{cfg.repeats_config}: "
-            + ", ".join(f"{k}={v[-1]:.2f}s" for k, v in walls.items()))
-    return {"walls": walls, "parts": parts}
+    ship = ShippedConfig.load()
+    args = ship.explain_args
+    epochs = ship.max_epochs
+    if cfg.quick:  # enough epochs for one callback run (kd.yaml: 10 of 20)
+        epochs = min(epochs, max(int(args.get("every_n_epochs", 1)), 5))
+    with tempfile.TemporaryDirectory(prefix="kdlight_bench_explain_") as warm_dir:
+        # every_n_epochs=1 is paired with its own baseline over fewer epochs, to keep the run short
+        settings = {
+            "without": (None, epochs),
+            "shipped": (args, epochs),
+            "noimages": ({**args, "log_images": False}, epochs),
+            "without_short": (None, cfg.every1_epochs),
+            "every1": ({**args, "every_n_epochs": 1}, cfg.every1_epochs),
+        }
+        warmup = {**args, "every_n_epochs": 1}
+        if "teacher_cache_dir" in args:
+            # "auto" caches beside the teacher checkpoint; the benchmark's teacher has none, so the shipped
+            # rows are a first run with this teacher. This row is a later student of the same teacher:
+            # the teacher's maps and faithfulness come from a directory the warm-up fit filled.
+            settings["shipped_warm"] = ({**args, "teacher_cache_dir": warm_dir}, epochs)
+            warmup["teacher_cache_dir"] = warm_dir
+        walls: dict[str, list[float]] = {k: [] for k in settings}
+        parts: dict[str, list[dict]] = {k: [] for k in settings}
+        config_fit(cfg, ship, warmup, 1)  # untimed warm-up: imports, first figure, caches
+        for r in range(cfg.repeats_config):
+            for name, (explain_args, n_epochs) in settings.items():
+                wall, p = config_fit(cfg, ship, explain_args, n_epochs)
+                walls[name].append(wall)
+                if p is not None:
+                    parts[name].append(p)
+            log(f"  callback repeat {r + 1}/{cfg.repeats_config}: "
+                + ", ".join(f"{k}={v[-1]:.2f}s" for k, v in walls.items()))
+    return {"walls": walls, "parts": parts, "settings": settings, "ship": ship, "epochs": epochs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,6 +818,8 @@ def run_ig_memory(cfg) -> dict:
     return out
 
 
+
+
 # --------------------------------------------------------------------------------------------
 # table
 
@@ -618,116 +832,177 @@ def fmt_ratio(x: float) -> str:
     return f"{x:.2f}"
 
 
-def build_table(cfg, tp: dict | None, cb: dict | None, ig: dict | None) -> list[str]:
-    rows: list[tuple[str, str, str, str, str, str]] = []
-    # (id, measurement, value, baseline, ratio, goal / verdict)
-    if tp:
-        med = {k: median(v) for k, v in tp.items()}
-        base = med["plain"]
-        unit = "train samples/s"
+def throughput_rows(wl_name: str, tp: dict[str, list[float]]) -> list[tuple]:
+    rows = []
+    med = {k: median(v) for k, v in tp.items()}
+    base = med["plain"]
+    unit = "train samples/s"
+    tag = f"[{wl_name}] "
 
-        def tp_row(key, label, baseline_key="plain", baseline_label=None, goal=""):
-            if key not in med:
-                return
-            b = med[baseline_key]
+    def tp_row(key, label, baseline_key="plain", baseline_label=None, goal=""):
+        if key not in med or baseline_key not in med:
+            return
+        b = med[baseline_key]
+        rows.append((
+            "1",
+            tag + label,
+            f"{med[key]:,.0f} {unit} ({min(tp[key]):,.0f}-{max(tp[key]):,.0f})",
+            baseline_label or f"plain loop {b:,.0f}",
+            fmt_ratio(med[key] / b),
+            goal,
+        ))
+
+    rows.append(("1", tag + "plain PyTorch loop (baseline)", f"{base:,.0f} {unit} ({min(tp['plain']):,.0f}-{max(tp['plain']):,.0f})", "itself",
+                 "1.00", ""))
+    tp_row("bare_lightning", "bare LightningModule, same maths, no log/metrics")
+    k = med["kdlight"] / base
+    tp_row("kdlight", "kdlight fit, logger=False (defaults)", goal=f">= 0.95: {'met' if k >= 0.95 else 'NOT met'}")
+    tp_row("kdlight_nofinite", "kdlight fit, check_finite=False")
+    tp_row("kdlight_nolog", "kdlight fit without training logs (record_training no-op)")
+    tp_row("kdlight_csv50", "kdlight fit + CSVLogger (log_every_n_steps=50)")
+    tp_row("kdlight_csv10", "kdlight fit + CSVLogger (log_every_n_steps=10, kd.yaml)")
+    if "kdlight_nolog" in med:
+        tp_row("kdlight", "kdlight's training-log cost: kdlight defaults vs without training logs", "kdlight_nolog",
+               f"kdlight no training logs {med['kdlight_nolog']:,.0f}")
+    for key, n in (("kdlight_csv50", 50), ("kdlight_csv10", 10)):
+        tp_row(key, f"CSVLogger cost: kdlight+CSV({n}) vs kdlight logger=False", "kdlight",
+               f"kdlight logger=False {med['kdlight']:,.0f}")
+    if "kdlight_bf16" in med:
+        tp_row("kdlight_bf16", "bf16-mixed vs 32-true, kdlight fit (logger=False)", "kdlight",
+               f"kdlight 32-true {med['kdlight']:,.0f}")
+        tp_row("plain_bf16", "bf16 autocast vs fp32, plain loop", "plain", f"plain fp32 {base:,.0f}")
+    return rows
+
+
+def callback_rows(cb: dict) -> list[tuple]:
+    rows = []
+    ship: ShippedConfig = cb["ship"]
+    walls = {k: min(v) for k, v in cb["walls"].items()}
+    args_text = ", ".join(f"{k}={v}" for k, v in ship.explain_args.items())
+    shown: set[str] = set()
+    for key, base_key, label, goal in (
+        ("shipped", "without", f"shipped ({args_text})", 0.10),
+        ("noimages", "without", "shipped but log_images=False", None),
+        ("shipped_warm", "without", "shipped but teacher_cache_dir warm (later student of the same teacher)", None),
+        ("every1", "without_short", "shipped but every_n_epochs=1", None),
+    ):
+        if key not in walls:
+            continue
+        epochs = cb["settings"][key][1]
+        w0 = walls[base_key]
+        if base_key not in shown:
+            shown.add(base_key)
+            rows.append(("2", f"fit {epochs} epochs, kd.yaml trainer, no callback (baseline)",
+                         f"{w0:.2f} s ({spread(cb['walls'][base_key])})", "itself", "", ""))
+        share = (walls[key] - w0) / walls[key]
+        calls = cb["parts"][key][0]["calls"] if cb["parts"][key] else 0
+        verdict = "" if goal is None else f"<= 10 %: {'met' if share <= goal else 'NOT met'}"
+        rows.append((
+            "2",
+            f"fit {epochs} epochs + ExplanationAgreement {label}: callback share = (with - without)/with",
+            f"{walls[key]:.2f} s ({spread(cb['walls'][key])}), {calls} callback run(s)",
+            f"without {w0:.2f} s",
+            f"{100 * share:.1f} %",
+            verdict,
+        ))
+    parts = cb["parts"].get("shipped") or []
+    if parts:
+        fits = len(parts)
+        calls = sum(p["calls"] for p in parts)
+        run = sum(p["run"] for p in parts)
+        artifacts = sum(p["artifacts"] for p in parts)
+        total = run + artifacts
+        delta = walls["shipped"] - walls["without"]
+        rows.append((
+            "2", "shipped settings: profiled callback time per fit (runs + end-of-fit artifacts, mean of fits); "
+            "ratio = profiled / wall difference",
+            f"{total / fits * 1000:.0f} ms ({calls / fits:.0f} runs x {run / max(calls, 1) * 1000:.0f} ms "
+            f"+ artifacts {artifacts / fits * 1000:.0f} ms)",
+            f"wall with - without {delta * 1000:.0f} ms", fmt_ratio(total / fits / delta) if delta > 0 else "n/a", "",
+        ))
+        named = {
+            "explain": "attribution maps (student every run; teacher once per fit)",
+            "chance": "chance level (re-init student, once per fit per method)",
+            "faithfulness": "faithfulness (deletion/insertion AUC, infidelity; the teacher's once per fit)",
+            "surrogate": "decision-tree surrogate",
+        }
+        accounted = 0.0
+        for part, label in named.items():
+            t = sum(p[part] for p in parts)
+            accounted += t
+            rows.append(("2", f"  part: {label}", f"{t / max(calls, 1) * 1000:.0f} ms/run", "callback time per fit",
+                         f"{100 * t / total:.0f} %", ""))
+        rest = run - accounted
+        rows.append(("2", "  part: rest of run (probe batch, predictions, metrics, logging)",
+                     f"{rest / max(calls, 1) * 1000:.0f} ms/run", "callback time per fit", f"{100 * rest / total:.0f} %", ""))
+        rows.append(("2", "  part: artifacts (per-class CSV + PNG figure per method, in on_fit_end)",
+                     f"{artifacts / fits * 1000:.0f} ms/fit", "callback time per fit", f"{100 * artifacts / total:.0f} %", ""))
+        missing = sorted({m for p in parts for m in p.get("missing", [])})
+        if missing:
+            rows.append(("2", "  profiler could not wrap (renamed/removed in kdlight?)", ", ".join(missing), "", "", ""))
+    return rows
+
+
+def ig_rows(cfg, ig: dict) -> list[tuple]:
+    rows = []
+    for key, label in (("64", "internal_batch_size=64"), ("None", "internal_batch_size=None")):
+        first = next((v for v in ig[key].values() if isinstance(v, dict)), None)
+        for n, res in ig[key].items():
+            if isinstance(res, str):
+                rows.append(("3", f"IG peak memory, {label}, n_steps={n}", res, "", "", ""))
+                continue
+            ratio = res["peak_bytes"] / max(first["peak_bytes"], 1)
+            goal = ""
+            if key == "64" and n == max(k for k, v in ig[key].items() if isinstance(v, dict)) and n != cfg.ig_steps[0]:
+                goal = f"flat (<= 1.5x for {n // cfg.ig_steps[0]}x steps): {'met' if ratio <= 1.5 else 'NOT met'}"
             rows.append((
-                "1",
-                label,
-                f"{med[key]:,.0f} {unit} ({spread(tp[key])})",
-                baseline_label or f"plain loop {b:,.0f}",
-                fmt_ratio(med[key] / b),
+                "3",
+                f"IG peak memory, {label}, n_steps={n}",
+                f"{res['peak_bytes'] / 2**20:.1f} MiB, {res['seconds']:.2f} s",
+                f"n_steps={cfg.ig_steps[0]}: {first['peak_bytes'] / 2**20:.1f} MiB",
+                f"{ratio:.2f} (time {res['seconds'] / first['seconds']:.1f}x)",
                 goal,
             ))
+    n0 = cfg.ig_steps[0]
+    if isinstance(ig["64"].get(n0), dict) and isinstance(ig["None"].get(n0), dict):
+        rows.append(("3", "IG batched vs all-at-once, n_steps=" + str(cfg.ig_steps[0]),
+                     f"{ig['64'][n0]['peak_bytes'] / 2**20:.1f} MiB",
+                     f"None: {ig['None'][n0]['peak_bytes'] / 2**20:.1f} MiB",
+                     f"{ig['64'][n0]['peak_bytes'] / max(ig['None'][n0]['peak_bytes'], 1):.2f}", ""))
+    return rows
 
-        rows.append(("1", "plain PyTorch loop (baseline)", f"{base:,.0f} {unit} ({spread(tp['plain'])})", "itself", "1.00", ""))
-        tp_row("bare_lightning", "bare LightningModule, same maths, no log/metrics")
-        k = med["kdlight"] / base
-        tp_row("kdlight", "kdlight fit, logger=False (defaults)", goal=f">= 0.95: {'met' if k >= 0.95 else 'NOT met'}")
-        tp_row("kdlight_nofinite", "kdlight fit, check_finite=False")
-        tp_row("kdlight_nometrics", "kdlight fit, no train acc/F1 metrics (loss self.log kept)")
-        tp_row("kdlight_nolog", "kdlight fit, no per-step self.log and no train metrics")
-        tp_row("kdlight_nolog_nofinite", "kdlight fit, no self.log/metrics, check_finite=False")
-        tp_row("kdlight_csv50", "kdlight fit + CSVLogger (log_every_n_steps=50)")
-        tp_row("kdlight_csv10", "kdlight fit + CSVLogger (log_every_n_steps=10, kd.yaml)")
-        tp_row("kdlight_csv50", "CSVLogger cost: kdlight+CSV(50) vs kdlight logger=False", "kdlight",
-               f"kdlight logger=False {med['kdlight']:,.0f}")
-        if "kdlight_bf16" in med:
-            tp_row("kdlight_bf16", "bf16-mixed vs 32-true, kdlight fit (logger=False)", "kdlight",
-                   f"kdlight 32-true {med['kdlight']:,.0f}")
-            tp_row("plain_bf16", "bf16 autocast vs fp32, plain loop", "plain", f"plain fp32 {base:,.0f}")
-    if cb:
-        walls = {k: median(v) for k, v in cb["walls"].items()}
-        shown: set[str] = set()
-        for key, base_key, epochs, label, goal in (
-            ("every5", "without", cfg.config_epochs, "every_n_epochs=5 (kd.yaml)", 0.10),
-            ("every5_lean", "without", cfg.config_epochs, "every_n_epochs=5, log_images=False, faithfulness=False", None),
-            ("every1", "without_short", cfg.every1_epochs, "every_n_epochs=1", None),
-        ):
-            if key not in walls:
-                continue
-            w0 = walls[base_key]
-            if base_key not in shown:
-                shown.add(base_key)
-                rows.append(("2", f"fit {epochs} epochs, kd.yaml trainer, no callback (baseline)",
-                             f"{w0:.2f} s ({spread(cb['walls'][base_key])})", "itself", "", ""))
-            share = (walls[key] - w0) / walls[key]
-            calls = cb["parts"][key][0]["calls"] if cb["parts"][key] else 0
-            verdict = "" if goal is None else f"<= 10 %: {'met' if share <= goal else 'NOT met'}"
-            rows.append((
-                "2",
-                f"fit {epochs} epochs + ExplanationAgreement {label}: callback share = (with - without)/with",
-                f"{walls[key]:.2f} s ({spread(cb['walls'][key])}), {calls} callback runs",
-                f"without {w0:.2f} s",
-                f"{100 * share:.1f} %",
-                verdict,
-            ))
-        parts = cb["parts"]["every5"] + cb["parts"]["every1"]
-        if parts:
-            total = sum(p["run"] for p in parts)
-            calls = sum(p["calls"] for p in parts)
-            rows.append(("2", "callback time per run (mean over all timed runs)", f"{total / calls * 1000:.0f} ms",
-                         "", "", ""))
-            named = {
-                "explain": "attribution maps (IG + saliency, teacher + student)",
-                "chance": "chance level (re-init student, once per fit per method)",
-                "faithfulness": "faithfulness (deletion/insertion AUC, infidelity)",
-                "artifacts": "artifacts (per-class CSV + PNG figure)",
-                "surrogate": "decision-tree surrogate",
-            }
-            accounted = 0.0
-            for part, label in named.items():
-                t = sum(p[part] for p in parts)
-                accounted += t
-                rows.append(("2", f"  part: {label}", f"{t / calls * 1000:.0f} ms/run", "callback run time",
-                             f"{100 * t / total:.0f} %", ""))
-            rows.append(("2", "  part: rest (probe batch, metrics, logging)", f"{(total - accounted) / calls * 1000:.0f} ms/run",
-                         "callback run time", f"{100 * (total - accounted) / total:.0f} %", ""))
-    if ig:
-        for key, label in (("64", "internal_batch_size=64"), ("None", "internal_batch_size=None")):
-            first = next((v for v in ig[key].values() if isinstance(v, dict)), None)
-            for n, res in ig[key].items():
-                if isinstance(res, str):
-                    rows.append(("3", f"IG peak memory, {label}, n_steps={n}", res, "", "", ""))
-                    continue
-                ratio = res["peak_bytes"] / max(first["peak_bytes"], 1)
-                goal = ""
-                if key == "64" and n == max(k for k, v in ig[key].items() if isinstance(v, dict)) and n != cfg.ig_steps[0]:
-                    goal = f"flat (<= 1.5x for {n // cfg.ig_steps[0]}x steps): {'met' if ratio <= 1.5 else 'NOT met'}"
-                rows.append((
-                    "3",
-                    f"IG peak memory, {label}, n_steps={n}",
-                    f"{res['peak_bytes'] / 2**20:.1f} MiB, {res['seconds']:.2f} s",
-                    f"n_steps={cfg.ig_steps[0]}: {first['peak_bytes'] / 2**20:.1f} MiB",
-                    f"{ratio:.2f} (time {res['seconds'] / first['seconds']:.1f}x)",
-                    goal,
-                ))
-        n0 = cfg.ig_steps[0]
-        if isinstance(ig["64"].get(n0), dict) and isinstance(ig["None"].get(n0), dict):
-            rows.append(("3", "IG batched vs all-at-once, n_steps=" + str(cfg.ig_steps[0]),
-                         f"{ig['64'][n0]['peak_bytes'] / 2**20:.1f} MiB",
-                         f"None: {ig['None'][n0]['peak_bytes'] / 2**20:.1f} MiB",
-                         f"{ig['64'][n0]['peak_bytes'] / max(ig['None'][n0]['peak_bytes'], 1):.2f}", ""))
-    header = ["sec", "measurement", "value (median, [min-max])", "baseline (same run)", "ratio", "goal"]
+
+def cache_rows(wl_name: str, res: dict[str, list[float]]) -> list[tuple]:
+    med = {k: median(v) for k, v in res.items()}
+    tag = f"[{wl_name}] "
+
+    def value(key):
+        return f"{med[key] * 1000:.0f} ms/epoch ({min(res[key]) * 1000:.0f}-{max(res[key]) * 1000:.0f})"
+
+    c = med["cached"] / med["student"]
+    return [
+        ("5", tag + "student-only training (ClassifierModule, CE only; baseline)", value("student"), "itself", "1.00", ""),
+        ("5", tag + "kdlight distillation, no teacher cache", value("uncached"),
+         f"student-only {med['student'] * 1000:.0f} ms", fmt_ratio(med["uncached"] / med["student"]), ""),
+        ("5", tag + 'kdlight distillation, teacher_cache="memory" (epochs after the filling one)', value("cached"),
+         f"student-only {med['student'] * 1000:.0f} ms", fmt_ratio(c), f"<= 1.10: {'met' if c <= 1.10 else 'NOT met'}"),
+        ("5", tag + "cached vs uncached distillation", f"{med['cached'] * 1000:.0f} ms/epoch",
+         f"uncached {med['uncached'] * 1000:.0f} ms", fmt_ratio(med["cached"] / med["uncached"]), ""),
+    ]
+
+
+def build_table(cfg, results: dict) -> list[str]:
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    # (section, measurement, value, baseline, ratio, goal / verdict)
+    for wl_name, tp in (results.get("1") or {}).items():
+        rows += throughput_rows(wl_name, tp)
+    if results.get("2"):
+        rows += callback_rows(results["2"])
+    if results.get("3"):
+        rows += ig_rows(cfg, results["3"])
+    for wl_name, res in (results.get("5") or {}).items():
+        rows += cache_rows(wl_name, res)
+    header = ["sec", "measurement", "value (median or min, [min-max])", "baseline (same run)", "ratio", "goal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -740,27 +1015,55 @@ def build_table(cfg, tp: dict | None, cb: dict | None, ig: dict | None) -> list[
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="about 1-1.5 minutes: fewer epochs/variants, n_steps up to 64 (None up to 32 on cpu)")
+                   help="about 1-1.5 minutes: fewer epochs/repeats/variants, section 2 up to the callback's first run (10 epochs), "
+                        "n_steps up to 64 (None up to 32 on cpu), 256 cifar samples")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: 1 on cpu, to keep shared cores from adding noise; torch's default on cuda)")
-    p.add_argument("--sections", default="1,2,3", help="comma-separated subset of 1,2,3 (4 rides with 1 on cuda)")
-    p.add_argument("--student-hidden", type=int, nargs="+", default=[32], help="MLP student hidden widths (kd.yaml: 32)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=None, help="timed epochs per throughput fit (after 1 warm-up)")
-    p.add_argument("--repeats", type=int, default=None, help="throughput fits per variant (median)")
+    p.add_argument("--sections", default="1,2,3,5",
+                   help="comma-separated subset of 1,2,3,5 (4 rides with 1 on cuda)")
+    p.add_argument("--workload", choices=["digits", "cifar", "both"], default="both",
+                   help="sections 1 and 5: digits (8x8 digits, CNN2d -> MLP), cifar (synthetic 3x32x32, "
+                        "resnet20 -> resnet8) or both (default)")
+    p.add_argument("--student-hidden", type=int, nargs="+", default=[32],
+                   help="digits: MLP student hidden widths (kd.yaml: 32)")
+    p.add_argument("--batch-size", type=int, default=64, help="sections 1 and 5, both workloads")
+    p.add_argument("--cifar-train-size", type=int, default=None, help="cifar: synthetic training samples (512; --quick 256)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="sections 1 and 5: timed epochs per fit, after 1 warm-up epoch (digits 5, cifar 2; --quick 3 / 1)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="sections 1 and 5: fits per variant, interleaved (digits 5, cifar 3; --quick 3 / 2)")
+    p.add_argument("--all-variants", action="store_true",
+                   help="section 1: time every variant for every workload (by default cifar and --quick skip "
+                        "check_finite=False and CSV(50))")
     p.add_argument("--malloc-mmap-threshold", type=int, default=None,
                    help="cpu section 3: set glibc MALLOC_MMAP_THRESHOLD_ in the children (e.g. 131072), so freed "
                         "tensor memory goes back to the OS at once and RSS tracks live tensors")
     p.add_argument("--_ig-child", dest="ig_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    q = args.quick
+    q, cuda = args.quick, args.device == "cuda"
+    args.cifar_train_size = args.cifar_train_size or (256 if q else 512)
+    workloads = ["digits", "cifar"] if args.workload == "both" else [args.workload]
     # CUDA epochs are ~60 ms of host-bound work each: time more of them to beat the noise
-    args.epochs = args.epochs or (3 if q else (15 if args.device == "cuda" else 5))
-    args.repeats = args.repeats or (3 if q else 5)
+    default_epochs = {"digits": 3 if q else (15 if cuda else 5), "cifar": 1 if q else (15 if cuda else 2)}
+    default_repeats = {"digits": 3 if q else 5, "cifar": 2 if q else 3}
+    # cifar steps are compute-bound (~0.25 s each on one core): the check_finite and CSV(50) rows sit within noise of
+    # kdlight's there and would cost ~35 s, so by default only digits runs them (--all-variants: every workload)
+    few = ("plain", "bare_lightning", "kdlight", "kdlight_nolog", "kdlight_csv10")
+    args.workloads = {
+        name: Workload(
+            name=name,
+            batch_size=args.batch_size,
+            epochs=args.epochs or default_epochs[name],
+            repeats=args.repeats or default_repeats[name],
+            variants=SECTION1_VARIANTS if args.all_variants or not (q or name == "cifar") else few,
+            student_hidden=args.student_hidden,
+            train_size=args.cifar_train_size,
+        )
+        for name in workloads
+    }
     args.repeats_config = 3
-    args.config_epochs = 5 if q else 20
     args.every1_epochs = 2 if q else 5
     args.ig_steps = [8, 32, 64] if q else [8, 32, 128, 512]
     args.ig_none_max = 32 if (q and args.device == "cpu") else 10**9
@@ -768,6 +1071,61 @@ def parse_args(argv=None):
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else torch.get_num_threads()
     return args
+
+
+def notes_lines(cfg, sections: set[str], results: dict) -> list[str]:
+    notes = [""]
+    wls = cfg.workloads
+    if sections & {"1", "5"}:
+        notes.append(f"Setup: device {cfg.device}, {cfg.threads} torch thread(s); KD T=4 alpha=0.9, Adam 3e-3; "
+                     "models random init (seed 0).")
+        for wl in wls.values():
+            notes.append(f"Workload {wl.describe()}.")
+    if "1" in sections:
+        per = "; ".join(f"{wl.name}: median of {wl.repeats} fits per variant, each 1 warm-up + {wl.epochs} timed epoch(s), "
+                        f"variants {', '.join(v for v in SECTION1_VARIANTS if v in wl.variants)}" for wl in wls.values())
+        notes.append(f"Section 1: {per}. Fits interleaved; Trainer logger=False (unless CSVLogger), no checkpointing/"
+                     "progress bar/summary, num_sanity_val_steps=0, limit_val_batches=0; the plain loop iterates the same "
+                     "kind of DataLoader (the data module's train_dataloader) with the same models and objective. "
+                     "'without training logs' = DistillationModule subclass whose record_training does nothing (no "
+                     "train loss/acc logs, and so no finite check).")
+    if "2" in sections:
+        cb = results.get("2")
+        if cb:
+            ship: ShippedConfig = cb["ship"]
+            ran = f" (run: {cb['epochs']})" if cb["epochs"] != ship.max_epochs else ""
+            explain_text = ", ".join(f"{k}={v}" for k, v in ship.explain_args.items())
+            other_callbacks = ", ".join(s["class_path"].rsplit(".", 1)[-1] for s in ship.callbacks)
+            data_args = ", ".join(f"{k}={v}" for k, v in (ship.data.get("init_args") or {}).items())
+            shipped_parts = cb["parts"].get("shipped") or [{}]
+            wrapped = ", ".join(shipped_parts[0].get("wrapped", {}).values()) or "nothing"
+            notes.append(
+                f"Section 2: fastest (min) of {cfg.repeats_config} fits per setting, interleaved; read from "
+                f"{KD_YAML.relative_to(REPO)}: ExplanationAgreement({explain_text}), max_epochs={ship.max_epochs}{ran}, "
+                f"log_every_n_steps={ship.log_every_n_steps}, deterministic={ship.deterministic}, seed {ship.seed}, "
+                f"CSVLogger, {other_callbacks}, {ship.model['class_path'].rsplit('.', 1)[-1]} with {ship.optimizer_text()}, "
+                f"{ship.data['class_path'].rsplit('.', 1)[-1]}({data_args}); "
+                "teacher random init (teacher_checkpoint dropped), progress bar and model summary off, sanity check "
+                f"and validation every epoch as shipped. every_n_epochs=1 runs {cfg.every1_epochs} epochs against "
+                "its own baseline. teacher_cache_dir=auto resolves to memory-only here (no teacher checkpoint), "
+                "so the shipped rows are a first student of this teacher; the 'warm' row (only when kd.yaml sets "
+                "teacher_cache_dir) points it at a directory the untimed warm-up fit filled. Parts: mean over the "
+                f"shipped-settings fits, by wrapping {wrapped} (self time; run inclusive); artifacts are drawn once "
+                "per fit (on_fit_end).")
+    if "3" in sections:
+        how = ("CUDA max_memory_allocated, median of 3" if cfg.device == "cuda"
+               else "peak RSS growth in a fresh subprocess per setting, one run each")
+        if cfg.malloc_mmap_threshold:
+            how += f", MALLOC_MMAP_THRESHOLD_={cfg.malloc_mmap_threshold}"
+        notes.append(f"Section 3: IG on {IG_PROBES} random {'x'.join(map(str, IG_INPUT))} probes, CNN2d{IG_MODEL['channels']} "
+                     f"hidden {IG_MODEL['hidden']}; {how}.")
+    if "5" in sections:
+        per = "; ".join(f"{wl.name}: median of {wl.repeats} fits per variant, each {wl.epochs + 1} epochs, epochs "
+                        f"2..{wl.epochs + 1} timed" for wl in wls.values())
+        notes.append(f"Section 5: {per}. Fits interleaved (on cpu one untimed 2-epoch fit of each variant first, for the first workload only); Trainer settings of "
+                     "section 1; same student and batch; the cached module's first epoch fills the in-memory cache "
+                     "(batches carry sample indices), later epochs read the teacher logits from it.")
+    return notes
 
 
 def main(argv=None) -> None:
@@ -782,50 +1140,47 @@ def main(argv=None) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
     sections = {s.strip() for s in cfg.sections.split(",")}
+    unknown = sections - {"1", "2", "3", "4", "5"}
+    if unknown:
+        sys.exit(f"--sections: unknown section(s) {sorted(unknown)}; choose from 1,2,3,5")
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     load_start = loadavg()
     print(f"load average at start: {load_start}")
     print(f"machine: {machine_line(cfg.device)}")
     print(f"command: {command.strip()}")
     t0 = time.perf_counter()
-    results: dict[str, object] = {"1": None, "2": None, "3": None}
+    results: dict[str, object] = {}
     failures: list[str] = []
-    for key, title, fn in (
-        ("1", "fit throughput", run_throughput),
-        ("2", "explanation callback share", run_callback_share),
-        ("3", "integrated-gradients peak memory", run_ig_memory),
-    ):
-        if key not in sections:
-            continue
+
+    def attempt(key: str, title: str, fn, store) -> None:
         log(f"section {key}: {title}")
         try:
-            results[key] = fn(cfg)
+            store(fn())
         except Exception as exc:  # report it in the table, keep the other sections
             import traceback
 
             traceback.print_exc()
-            failures.append(f"| {key} | section failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} |  |  |  |  |")
+            failures.append(f"| {key} | {title}: section failed: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''} |  |  |  |  |")
+
+    for key, title, fn in (
+        ("1", "fit throughput", run_throughput),
+        ("2", "explanation callback share", run_callback_share),
+        ("3", "integrated-gradients peak memory", run_ig_memory),
+        ("5", "teacher cache", run_cache),
+    ):
+        if key not in sections:
+            continue
+        if key in ("1", "5"):
+            results[key] = {}
+            for wl in cfg.workloads.values():
+                attempt(key, f"{title} [{wl.name}]", functools.partial(fn, cfg, wl),
+                        functools.partial(results[key].__setitem__, wl.name))
+        else:
+            attempt(key, title, functools.partial(fn, cfg), functools.partial(results.__setitem__, key))
     elapsed = time.perf_counter() - t0
-    table = build_table(cfg, results["1"], results["2"], results["3"]) + failures
-    notes = [
-        "",
-        f"Setup: device {cfg.device}, {cfg.threads} torch thread(s), digits batch {cfg.batch_size}; teacher CNN2d"
-        f"[32,64] hidden 128 (random init), student MLP(64, hidden={cfg.student_hidden}); KD T=4 alpha=0.9, Adam 3e-3.",
-    ]
-    if "1" in sections:
-        notes.append(f"Section 1: median of {cfg.repeats} fits per variant (interleaved), each 1 warm-up + {cfg.epochs} "
-                     "timed epochs; Trainer logger=False (unless CSVLogger), no checkpointing/progress bar/summary, "
-                     "num_sanity_val_steps=0, limit_val_batches=0.")
-    if "2" in sections:
-        notes.append(f"Section 2: median of {cfg.repeats_config} fits per setting (interleaved; kd.yaml trainer: CSVLogger "
-                     "log_every_n_steps=10, ModelCheckpoint on val/acc, deterministic, sanity check, validation every epoch).")
-    if "3" in sections:
-        how = ("CUDA max_memory_allocated, median of 3" if cfg.device == "cuda"
-               else "peak RSS growth in a fresh subprocess per setting, one run each")
-        if cfg.malloc_mmap_threshold:
-            how += f", MALLOC_MMAP_THRESHOLD_={cfg.malloc_mmap_threshold}"
-        notes.append(f"Section 3: IG on {IG_PROBES} random {'x'.join(map(str, IG_INPUT))} probes, CNN2d{IG_MODEL['channels']} "
-                     f"hidden {IG_MODEL['hidden']}; {how}.")
+    table = build_table(cfg, results) + failures
+    notes = notes_lines(cfg, sections, results)
     notes.append(f"load average at end: {loadavg()}; benchmark wall time {elapsed:.0f} s.")
     text = "\n".join(table + notes)
     print()
