@@ -401,7 +401,10 @@ def _save_entry(path: Path | None, entry: dict[str, Tensor]) -> None:
     """Write atomically (a temporary file renamed into place), so readers never see half a file."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({name: value.detach().cpu() for name, value in entry.items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({name: value.detach().cpu() for name, value in entry.items()}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:  # e.g. a read-only teacher directory: keep going with the in-memory copy
+        warnings.warn(f"could not write the teacher explanation cache {path} ({err}); it stays in memory for this run", stacklevel=3)

@@ -207,3 +207,12 @@ def test_auto_teacher_cache_dir_lives_beside_the_teacher_checkpoint(digits, teac
     callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(unloaded, datamodule=digits, verbose=False)
     assert callback._cache_dir is None  # a teacher not loaded from a file: memory only
+
+
+def test_unwritable_teacher_cache_dir_warns_and_goes_on(digits, teacher_checkpoint, tmp_path):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("a file where the cache directory should be")
+    callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not write the teacher explanation cache"):
+        tiny_trainer(callbacks=[callback]).validate(make_module(teacher_checkpoint), datamodule=digits, verbose=False)
+    assert "val/explain/saliency/cosine" in callback.last_results
