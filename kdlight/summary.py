@@ -15,6 +15,9 @@ __all__ = ["FitSummary", "run_directory"]
 _EXPLAIN = "val/explain/"
 
 
+#: |rank correlation - chance level| below which the summary flags a method as near chance
+NEAR_CHANCE = 0.05
+
 def run_directory(trainer: Trainer) -> str | None:
     """Where the first logger writes: the W&B run folder, a CSV/TensorBoard ``log_dir``, else the
     trainer's ``default_root_dir`` (no logger)."""
@@ -151,10 +154,11 @@ class FitSummary(Callback):
                 lines.append(f"explanations at epoch {summary['explain_epoch']}{where}: rank correlation with the teacher (chance level)")
                 width = max(20, *(len(m) + 2 for m in methods))
                 for method in methods:
-                    chance = explain.get(f"{method}/chance_rank_correlation")
+                    value, chance = explain[f"{method}/rank_correlation"], explain.get(f"{method}/chance_rank_correlation")
                     chance_text = f"  ({chance:.3f})" if chance is not None else ""
-                    lines.append(f"  {method:<{width}}{explain[f'{method}/rank_correlation']:.3f}{chance_text}")
-                lines.append("  (near its chance level = no more agreement than an untrained student; see the README)")
+                    near = "  <- near chance" if chance is not None and abs(value - chance) < NEAR_CHANCE else ""
+                    lines.append(f"  {method:<{width}}{value:.3f}{chance_text}{near}")
+                lines.append("  (chance level: a freshly initialised student; near it = no more agreement than that; see the README)")
         row("best checkpoint", summary.get("best_checkpoint") or "none saved")
         row("run dir", summary.get("run_dir") or "none")
         lines.append("-" * 68)

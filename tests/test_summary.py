@@ -88,3 +88,20 @@ def test_on_by_default_through_trainer_defaults(capsys):
                      "--trainer.enable_model_summary=false"],
                trainer_defaults={"callbacks": [FitSummary()]})
     assert "-- kdlight fit summary" in capsys.readouterr().out
+
+
+def test_methods_near_their_chance_level_are_flagged():
+    summary = {
+        "monitor": "val/acc", "mode": "max", "epochs_run": 20, "best_epoch": 8, "best_value": 0.95,
+        "explain_epoch": 9,
+        "explain": {
+            "integrated_gradients/rank_correlation": 0.916, "integrated_gradients/chance_rank_correlation": 0.903,
+            "saliency/rank_correlation": 0.135, "saliency/chance_rank_correlation": 0.008,
+        },
+        "best_checkpoint": None, "run_dir": None,
+    }
+    lines = FitSummary(verbose=False).format(summary).splitlines()
+    (ig,) = [line for line in lines if line.strip().startswith("integrated_gradients")]
+    (saliency,) = [line for line in lines if line.strip().startswith("saliency")]
+    assert ig.endswith("<- near chance") and "(0.903)" in ig
+    assert "near chance" not in saliency and "(0.008)" in saliency
