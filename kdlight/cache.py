@@ -29,8 +29,8 @@ class TeacherCache:
     ``location`` is ``"memory"`` or a directory: then the full cache is written to
     ``<dir>/teacher_cache_<data>_rank<r>.pt`` once every sample has been seen and read back by
     later runs, but only if the stored teacher and data fingerprints match (else it is rebuilt,
-    with a warning). Entries are never stale: a batch is served from the cache only when every one
-    of its samples is there.
+    with a warning). Only the samples of a batch that are not cached yet go through the teacher (under
+    DDP each rank sees a new shard every epoch, so its cache fills sample by sample).
     """
 
     def __init__(self, size: int, location: str, teacher_key: str, data_key: str, rank: int = 0) -> None:
@@ -64,13 +64,18 @@ class TeacherCache:
             self.features = {k: v.to(device) for k, v in self.features.items()}
         return self
 
-    def lookup(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
-        """Cached logits and features for ``index``, or None if any sample is missing."""
-        if self.logits is None:
+    def missing(self, index: Tensor) -> Tensor | None:
+        """Positions of the batch whose samples are not cached yet (``None``: none are).
+
+        Once the cache is complete this returns ``None`` without looking (no host sync)."""
+        if self.complete:
             return None
+        absent = ~self.valid[index.to(self.valid.device)]
+        return absent.nonzero().squeeze(1) if bool(absent.any()) else None
+
+    def read(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cached logits and features of ``index`` (every one of them must be cached)."""
         index = index.to(self.valid.device)
-        if not self.complete and not bool(self.valid[index].all()):
-            return None
         return self.logits[index], {k: v[index] for k, v in self.features.items()}
 
     def store(self, index: Tensor, logits: Tensor, features: dict[str, Tensor]) -> None:

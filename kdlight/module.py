@@ -194,19 +194,21 @@ class DistillationModule(SupervisedBase):
         return self.student(x)
 
     def teacher_outputs(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The teacher's logits and tapped features: from the cache when it has them."""
-        if self._cache is not None:
-            if index is None:
-                raise ValueError("teacher_cache is on but the training batch carries no sample indices")
-            cached = self._cache.lookup(index)
-            if cached is not None:
-                return cached
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        t_features = self._teacher_taps.pop()
-        if self._cache is not None:
-            self._cache.store(index, t_logits, t_features)
-        return t_logits, t_features
+        """The teacher's logits and tapped features: from the cache for the samples it holds,
+        from the teacher for the others (which are then cached)."""
+        if self._cache is None:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            return t_logits, self._teacher_taps.pop()
+        if index is None:
+            raise ValueError("teacher_cache is on but the training batch carries no sample indices")
+        rows = self._cache.missing(index)
+        if rows is not None:
+            whole = len(rows) == len(x)
+            with torch.no_grad():
+                t_logits = self.teacher(x if whole else x[rows])
+            self._cache.store(index if whole else index[rows], t_logits, self._teacher_taps.pop())
+        return self._cache.read(index)
 
     def distill_step(self, x: Tensor, y: Tensor | None, index: Tensor | None = None) -> tuple[DistillStep, list[LossTerm]]:
         """Teacher (or cache) and student forward passes and the objective's terms for one batch."""

@@ -65,3 +65,53 @@ class PlainData(LightningDataModule):
 def test_cache_needs_indexed_batches():
     with pytest.raises(ValueError, match="teacher_cache needs a kdlight data module"):
         fit(PlainData(), epochs=1, teacher_cache="memory")
+
+
+class HalfShardSampler(torch.utils.data.Sampler[int]):
+    """A new random half of the samples every epoch, like one of two DDP ranks."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.epoch = size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, epoch: int) -> list[int]:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch))[: self.size // 2].tolist()
+
+    def __iter__(self):
+        return iter(self.shard(self.epoch))
+
+    def __len__(self) -> int:
+        return self.size // 2
+
+
+class HalfShardDigits(DigitsDataModule):
+    def train_dataloader(self):
+        loader = super().train_dataloader()
+        self.sampler = HalfShardSampler(len(loader.dataset))
+        return DataLoader(loader.dataset, batch_size=64, sampler=self.sampler)
+
+
+def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
+    """Under DDP a rank sees a new shard each epoch: only the samples not cached yet go through the
+    teacher, and every cached output equals the teacher's own output for that sample."""
+    seed_everything(0, verbose=False)
+    data = HalfShardDigits(batch_size=64)
+    teacher = digits_teacher()
+    rows = []
+    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+                                teacher_cache="memory")
+    teacher.register_forward_hook(lambda _m, inputs, _o: rows.append(len(inputs[0])))
+    tiny_trainer(max_epochs=3, limit_val_batches=0).fit(module, datamodule=data)
+    seen = [set(data.sampler.shard(epoch)) for epoch in range(3)]
+    new_per_epoch = [len(seen[0]), len(seen[1] - seen[0]), len(seen[2] - seen[0] - seen[1])]
+    assert rows[0] == 2  # the setup probe
+    assert sum(rows[1:]) == sum(new_per_epoch) < 3 * len(seen[0])  # each sample through the teacher once
+    cache = module._cache
+    cached = cache.valid.nonzero().squeeze(1)
+    assert len(cached) == sum(new_per_epoch)
+    inputs = data.train_inputs()[cached]
+    with torch.no_grad():
+        expected = teacher(inputs)
+    assert torch.allclose(cache.logits[cached], expected, atol=1e-5)
