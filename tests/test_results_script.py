@@ -92,8 +92,8 @@ def test_run_overrides_redirect_every_output_and_set_the_seed(tmp_path):
     logger = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
     assert logger["init_args"]["save_dir"] == str(tmp_path / "run")
     callbacks = json.loads(next(a for a in args if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
-    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == ["ModelCheckpoint"]
-    assert callbacks[0]["init_args"]["dirpath"] == str(tmp_path / "run")
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == ["ModelCheckpoint", "ModelCheckpoint"]  # best, last
+    assert all(c["init_args"]["dirpath"] == str(tmp_path / "run") for c in callbacks)
     kept = results.run_overrides(REPO / "configs/digits/kd.yaml", tmp_path, 0, explain_callback=True)
     assert "ExplanationAgreement" in next(a for a in kept if a.startswith("--trainer.callbacks="))
     # a ClassifierModule config takes no teacher checkpoint

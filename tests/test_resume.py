@@ -102,11 +102,13 @@ def resume(config: str, *extra: str):
     replace the first process's metrics.csv).
 
     Returns the CLI and the CSV rows of the epochs of the final run: the first process's rows up to
-    the checkpoint's epoch, then the resumed process's rows. (Lightning >= 2.6 rewrites last.ckpt only
-    when a top-k checkpoint was saved, i.e. when val/acc improved, so last.ckpt can be older than the
-    last finished epoch; the resumed process then re-trains the epochs after it.)
+    the checkpoint's epoch, then the resumed process's rows. Every caller stopped the first process
+    after epoch 1 (a 2-epoch fit, or a kill inside epoch 2): the configs' second ModelCheckpoint
+    writes last.ckpt after every epoch, so nothing is trained twice. (Lightning >= 2.6 rewrites a
+    ``save_last`` checkpoint only when val/acc improved.)
     """
     resumed_from = load(run_dir(config) / "last.ckpt")["epoch"]
+    assert resumed_from == 1, f"last.ckpt holds epoch {resumed_from}, not the last finished epoch 1"
     cli = fit(config, f"--trainer.max_epochs={EPOCHS}", "--trainer.logger.init_args.version=resumed", *extra,
               "--ckpt_path", str(run_dir(config) / "last.ckpt"))
     first, second = csv_rows(run_dir(config)), csv_rows(run_dir(config) / "resumed")
@@ -127,8 +129,7 @@ def final_state(cli) -> dict:
 def assert_same_end(straight: dict, resumed_cli, resumed_rows: pd.DataFrame) -> None:
     """Same final weights, optimizer state, counters and best score; same logged metrics of every epoch.
 
-    (The last.ckpt files are not compared: Lightning >= 2.6 writes last.ckpt when a top-k checkpoint
-    is saved, plus once at the end of a process that saved none, so their contents depend on where
+    (The last.ckpt files are not compared: they hold the callbacks' states, which differ with where
     the process boundary was even when training was identical.)
     """
     tensors_equal(straight["final"], final_state(resumed_cli), "final")

@@ -313,7 +313,11 @@ class ExplanationAgreement(Callback):
             report = fit_surrogate(probes.cpu(), predictions.cpu(), seed=self.seed)
             results[f"{prefix}/surrogate/fidelity"] = report.fidelity
             results[f"{prefix}/surrogate/leaves"] = float(report.n_leaves)
-        _write_scalars(trainer, results)
+        if trainer.state.fn == "fit":
+            _write_scalars(trainer, results)
+        else:  # through self.log, so trainer.validate()/test() return and print them
+            for name, value in results.items():
+                pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
         return results
 
     def _faithfulness_scores(self, method: str, model, x: Tensor, maps: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -358,7 +362,8 @@ def _write_scalars(trainer: Trainer, results: dict[str, float]) -> None:
     """Hand the (already synced) scalars to every logger and to ``trainer.callback_metrics``.
 
     This is what ``LightningModule.log`` does at epoch end, minus its per-key bookkeeping, which
-    costs about a millisecond per key (some 35 keys per run). Loggers write on rank zero only.
+    costs about a millisecond per key (some 35 keys per run); used inside ``fit``, where that cost
+    counts against training. Loggers write on rank zero only.
     """
     trainer.callback_metrics.update({name: torch.tensor(value) for name, value in results.items()})
     if trainer.is_global_zero:

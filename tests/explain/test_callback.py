@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -216,3 +217,14 @@ def test_unwritable_teacher_cache_dir_warns_and_goes_on(digits, teacher_checkpoi
     with pytest.warns(UserWarning, match="could not write the teacher explanation cache"):
         tiny_trainer(callbacks=[callback]).validate(make_module(teacher_checkpoint), datamodule=digits, verbose=False)
     assert "val/explain/saliency/cosine" in callback.last_results
+
+
+def test_validate_returns_and_fit_logs_the_explanation_metrics(digits, teacher_checkpoint, tmp_path):
+    module = make_module(teacher_checkpoint)
+    returned = tiny_trainer(callbacks=[small_callback(log_images=False)]).validate(module, datamodule=digits, verbose=False)
+    assert KEY in returned[0]  # trainer.validate's results (and the printed table) hold them
+    trainer = tiny_trainer(max_epochs=1, callbacks=[small_callback(log_images=False)], logger=CSVLogger(tmp_path, name="run"))
+    trainer.fit(module, datamodule=digits)
+    rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
+    logged = rows.dropna(subset=[KEY])
+    assert list(logged["epoch"]) == [0] and float(logged[KEY].iloc[0]) == pytest.approx(float(trainer.callback_metrics[KEY]))
