@@ -182,14 +182,14 @@ class SupervisedBase(LightningModule):
         self._flush_epoch()
 
     # -- evaluation, shared by both modules ---------------------------------------------------
-    def _evaluate(self, batch: Any, split: str) -> None:  # pragma: no cover - abstract
+    def _evaluate(self, batch: Any, split: str, batch_idx: int = 0) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Class probabilities of the trained network (``forward``)."""

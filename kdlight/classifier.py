@@ -50,7 +50,7 @@ class ClassifierModule(SupervisedBase):
         self.record_training({"train/loss": loss}, logits, y)
         return loss
 
-    def _evaluate(self, batch, split: str) -> None:
+    def _evaluate(self, batch, split: str, batch_idx: int = 0) -> None:
         x, y = unpack_batch(batch)
         logits = self.model(x)
         self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)

@@ -38,7 +38,8 @@ class DistillationModule(SupervisedBase):
     ``teacher_cache`` (``"memory"`` or a directory) computes the teacher's logits and tapped
     features once per training sample and reuses them every epoch; it refuses randomly augmented
     training data unless ``cache_augmented=True`` (then every view of a sample gets the targets of
-    the first view the teacher saw).
+    the first view the teacher saw). It also keeps the teacher's logits on the validation batches
+    of ``fit``, which are the same every epoch (checked by a fingerprint of each batch).
 
     Data modules with an unlabeled transfer set yield ``{"labeled": (x, y), "transfer": (x,)}``
     batches: label terms (CE, DKD) see the labeled samples, teacher-matching terms all of them.
@@ -75,6 +76,7 @@ class DistillationModule(SupervisedBase):
         self.check_finite = check_finite  # checked on logging steps (every log_every_n_steps)
         self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
         self._cache: TeacherCache | None = None
+        self._val_teacher: dict[int, tuple[Tensor, Tensor]] = {}  # validation batch -> (teacher logits, fingerprint)
         self.batch_transform = batch_transform
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
@@ -228,6 +230,20 @@ class DistillationModule(SupervisedBase):
         )
         return step, self.objective(step)
 
+    def _validation_teacher(self, x: Tensor, split: str, batch_idx: int) -> Tensor:
+        """The teacher's logits on an evaluation batch; with ``teacher_cache`` the validation
+        batches of ``fit`` (fixed, like the frozen teacher) go through the teacher once. A cached
+        batch is reused only if the batch's fingerprint matches (else it is recomputed)."""
+        if self.teacher_cache is None or split != "val" or self.trainer.state.fn != "fit":
+            return self.teacher(x)
+        fingerprint = _batch_fingerprint(x)
+        cached = self._val_teacher.get(batch_idx)
+        if cached is not None and cached[1].shape == fingerprint.shape and torch.equal(cached[1], fingerprint):
+            return cached[0]
+        t_logits = self.teacher(x)
+        self._val_teacher[batch_idx] = (t_logits.detach(), fingerprint)
+        return t_logits
+
     def training_inputs(self, batch) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
         """Inputs, labels (``UNLABELED`` for transfer samples), indices and the labeled count.
 
@@ -278,9 +294,9 @@ class DistillationModule(SupervisedBase):
         self.record_training(scalars, step.student_logits[labeled], y[labeled] if n_labeled else None, samples, weights)
         return loss
 
-    def _evaluate(self, batch, split: str) -> None:
+    def _evaluate(self, batch, split: str, batch_idx: int = 0) -> None:
         x, y = unpack_batch(batch)
-        s_logits, t_logits = self.student(x), self.teacher(x)
+        s_logits, t_logits = self.student(x), self._validation_teacher(x, split, batch_idx)
         self._student_taps.pop(), self._teacher_taps.pop()
         metrics = getattr(self, f"{split}_metrics")
         metrics["student"].update(s_logits, y)
@@ -292,3 +308,11 @@ class DistillationModule(SupervisedBase):
         self.log(f"{split}/teacher_acc", metrics["teacher_acc"], on_epoch=True)
         self.log(f"{split}/agreement", metrics["agreement"], on_epoch=True, prog_bar=split == "val")
         self.log(f"{split}/kl", metrics["kl"], on_epoch=True)
+
+
+def _batch_fingerprint(x: Tensor) -> Tensor:
+    """Shape plus position-weighted sums of a batch: equal for the same samples in the same order."""
+    flat = x.detach().flatten(1).double()
+    weights = torch.arange(1, flat.shape[0] + 1, device=x.device, dtype=torch.float64)
+    sums = torch.stack([(flat.sum(1) * weights).sum(), (flat.square().sum(1) * weights).sum()])
+    return torch.cat([torch.tensor(x.shape, dtype=torch.float64, device=x.device), sums])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import digits_student, digits_teacher, tiny_trainer
@@ -115,3 +115,46 @@ def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
     with torch.no_grad():
         expected = teacher(inputs)
     assert torch.allclose(cache.logits[cached], expected, atol=1e-5)
+
+
+def _validation_run(**kwargs):
+    seed_everything(0, verbose=False)
+    teacher = digits_teacher()
+    calls = []
+    teacher.register_forward_hook(lambda module, *_: calls.append(module.training))
+    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **kwargs)
+    history = []
+
+    class Record(Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            calls.clear()
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            history.append((len(calls), {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
+
+    tiny_trainer(max_epochs=3, num_sanity_val_steps=0, callbacks=[Record()]).fit(module, datamodule=DigitsDataModule(batch_size=64))
+    return history
+
+
+def test_cache_runs_the_teacher_once_over_the_validation_batches_of_fit():
+    plain, cached = _validation_run(), _validation_run(teacher_cache="memory")
+    batches = len(DigitsDataModule(batch_size=64).val_dataloader())
+    assert [n for n, _ in plain] == [batches] * 3
+    assert [n for n, _ in cached] == [batches, 0, 0]
+    for (_, a), (_, b) in zip(plain, cached):  # the same validation metrics every epoch
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a), (a, b)
+
+
+def test_validation_cache_recomputes_a_batch_that_changed():
+    teacher = digits_teacher()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    module = DistillationModule(teacher, digits_student(), teacher_cache="memory")
+    module.trainer = type("T", (), {"state": type("S", (), {"fn": "fit"})()})()  # a fit in progress
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        first = module._validation_teacher(x, "val", 0)
+        assert torch.equal(module._validation_teacher(x.clone(), "val", 0), first) and len(calls) == 1  # cached
+        order = [1, 0, *range(2, 8)]  # the same samples in another order: recomputed
+        assert torch.allclose(module._validation_teacher(x[order], "val", 0), first[order]) and len(calls) == 2
+        assert module._validation_teacher(x[:4], "val", 0).shape == (4, 10) and len(calls) == 3  # a shorter batch
