@@ -105,6 +105,7 @@ class ExplanationAgreement(Callback):
         self.teacher_cache_dir = teacher_cache_dir
         self._teacher_key: str | None = None
         self._cache_dir: Path | None = None
+        self._models: tuple[int, int] | None = None  # ids of the teacher and student served
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
         self._chance: dict[str, float] = {}
@@ -146,6 +147,11 @@ class ExplanationAgreement(Callback):
                 f"(kdlight.DistillationModule), got {type(pl_module).__name__}"
             )
         self._cache_dir = self._cache_directory(pl_module)
+        models = (id(pl_module.teacher), id(pl_module.student))
+        if models != self._models:  # this callback object now serves other models: forget theirs
+            self._models = models
+            self._teacher_cache.clear(), self._chance.clear()
+            self._teacher_key = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:

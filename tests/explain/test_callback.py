@@ -228,3 +228,14 @@ def test_validate_returns_and_fit_logs_the_explanation_metrics(digits, teacher_c
     rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
     logged = rows.dropna(subset=[KEY])
     assert list(logged["epoch"]) == [0] and float(logged[KEY].iloc[0]) == pytest.approx(float(trainer.callback_metrics[KEY]))
+
+
+def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits, teacher_checkpoint):
+    callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
+    first = make_module(teacher_checkpoint)
+    tiny_trainer(callbacks=[callback]).validate(first, datamodule=digits, verbose=False)
+    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p))  # untrained teacher
+    tiny_trainer(callbacks=[callback]).validate(other, datamodule=digits, verbose=False)
+    fresh = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
+    tiny_trainer(callbacks=[fresh]).validate(other, datamodule=digits, verbose=False)
+    assert callback.last_results == pytest.approx(fresh.last_results, nan_ok=True)
