@@ -178,6 +178,9 @@ class SupervisedBase(LightningModule):
             self.log(f"train/samples_{name}", float(count), on_step=False, on_epoch=True, reduce_fx="sum")
         self._reset_training_log()
 
+    def on_train_start(self) -> None:
+        self._train_log.window_start = self.global_step  # a resumed fit starts at its checkpoint's step
+
     def on_train_epoch_end(self) -> None:
         self._flush_epoch()
 

@@ -311,8 +311,10 @@ class DistillationModule(SupervisedBase):
 
 
 def _batch_fingerprint(x: Tensor) -> Tensor:
-    """Shape plus position-weighted sums of a batch: equal for the same samples in the same order."""
+    """Shape plus sums weighted by sample and by feature position: equal for the same samples in
+    the same order (a flipped, shifted or reordered batch gives another fingerprint)."""
     flat = x.detach().flatten(1).double()
-    weights = torch.arange(1, flat.shape[0] + 1, device=x.device, dtype=torch.float64)
-    sums = torch.stack([(flat.sum(1) * weights).sum(), (flat.square().sum(1) * weights).sum()])
-    return torch.cat([torch.tensor(x.shape, dtype=torch.float64, device=x.device), sums])
+    samples = torch.arange(1, flat.shape[0] + 1, device=x.device, dtype=torch.float64)
+    features = torch.arange(1, flat.shape[1] + 1, device=x.device, dtype=torch.float64) / flat.shape[1]
+    per_sample = torch.stack([flat.sum(1), flat @ features, flat.square().sum(1)], dim=1)
+    return torch.cat([torch.tensor(x.shape, dtype=torch.float64, device=x.device), samples @ per_sample])

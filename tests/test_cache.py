@@ -158,3 +158,13 @@ def test_validation_cache_recomputes_a_batch_that_changed():
         order = [1, 0, *range(2, 8)]  # the same samples in another order: recomputed
         assert torch.allclose(module._validation_teacher(x[order], "val", 0), first[order]) and len(calls) == 2
         assert module._validation_teacher(x[:4], "val", 0).shape == (4, 10) and len(calls) == 3  # a shorter batch
+
+
+def test_validation_fingerprint_sees_flips_and_reorderings():
+    from kdlight.module import _batch_fingerprint
+
+    x = torch.randn(6, 1, 8, 8)
+    same = _batch_fingerprint(x.clone())
+    assert torch.equal(_batch_fingerprint(x), same)
+    for changed in (x.flip(-1), x.transpose(-1, -2), x[[1, 0, 2, 3, 4, 5]], x[:5], x + 1e-3):
+        assert not torch.equal(_batch_fingerprint(changed), same)

@@ -55,3 +55,16 @@ def test_check_finite_loss_names_every_bad_term():
     with pytest.raises(NonFiniteLossError, match=r"loss term kd=inf, at=nan at epoch 2, step 40"):
         check_finite_loss(terms, epoch=2, step=40)
     check_finite_loss({"ce": torch.tensor(0.5)}, epoch=0, step=0)  # finite: no error
+
+
+def test_after_a_resume_the_reported_steps_start_at_the_checkpoint(digits, tmp_path):
+    def module():
+        return DistillationModule(digits_teacher(), digits_student(), objective=NaNAfter(25),
+                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+
+    first = tiny_trainer(max_epochs=1, log_every_n_steps=100, limit_val_batches=0)
+    first.fit(module(), datamodule=digits)  # steps 0-18, all finite
+    first.save_checkpoint(tmp_path / "epoch0.ckpt")
+    resumed = tiny_trainer(max_epochs=2, log_every_n_steps=100, limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError, match=r"kd=nan at epoch 1, steps 19-37: training stopped"):
+        resumed.fit(module(), datamodule=digits, ckpt_path=tmp_path / "epoch0.ckpt")

@@ -108,7 +108,7 @@ class ExplanationAgreement(Callback):
         self._models: tuple[int, int] | None = None  # ids of the teacher and student served
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
-        self._chance: dict[str, float] = {}
+        self._chance: dict[tuple, dict[str, float]] = {}
         self._teacher_cache: dict[tuple, dict[str, Tensor]] = {}
         self._metric_objects: dict[tuple, tuple[AgreementCollection, PerClassAgreement]] = {}
         self._pending: list[tuple] = []  # figures/tables drawn at the end of fit
@@ -147,11 +147,11 @@ class ExplanationAgreement(Callback):
                 f"(kdlight.DistillationModule), got {type(pl_module).__name__}"
             )
         self._cache_dir = self._cache_directory(pl_module)
+        self._teacher_key = None  # the teacher's weights are hashed again for this stage
         models = (id(pl_module.teacher), id(pl_module.student))
         if models != self._models:  # this callback object now serves other models: forget theirs
             self._models = models
             self._teacher_cache.clear(), self._chance.clear()
-            self._teacher_key = None
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -179,12 +179,21 @@ class ExplanationAgreement(Callback):
         return torch.cat(maps)
 
     def _teacher_side(self, split: str, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> dict[str, Tensor]:
-        """The teacher's maps and per-probe faithfulness scores. Computed once per split when the
-        target does not depend on the student (the teacher is frozen and the probes are fixed), and
-        once per teacher with ``teacher_cache_dir``."""
-        key = (split, method)
-        if self.target == "student" or key not in self._teacher_cache:
-            path = self._teacher_file(method, teacher, x, target, train_inputs) if self.target != "student" else None
+        """The teacher's maps and per-probe faithfulness scores.
+
+        Unless ``target="student"`` they are kept, in memory and with ``teacher_cache_dir`` on
+        disk, under a hash of everything they depend on: the teacher's weights, the probe inputs,
+        the targets, the method settings, the probe batch size (random methods draw per batch)
+        and, for SHAP baselines, the training inputs. So they are computed once per teacher, and a
+        changed teacher, probe set or setting never reads a stale entry."""
+        if self.target == "student":  # the target follows the student: nothing to reuse
+            entry = {"maps": self._attribute(method, "teacher", teacher, x, target, train_inputs)}
+            if self.faithfulness:
+                entry.update(self._faithfulness_scores(method, teacher, x, entry["maps"], target))
+            return entry
+        key = self._teacher_entry_key(method, teacher, x, target, train_inputs)
+        if key not in self._teacher_cache:
+            path = self._cache_dir / f"{method}_{key}.pt" if self._cache_dir is not None else None
             entry = _load_entry(path, x.device)
             changed = entry is None
             if entry is None:
@@ -203,18 +212,15 @@ class ExplanationAgreement(Callback):
         checkpoint = getattr(pl_module, "teacher_checkpoint", None)
         return Path(checkpoint).parent / "explanations" if isinstance(checkpoint, str) else None
 
-    def _teacher_file(self, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> Path | None:
-        """``<cache directory>/<method>_<hash>.pt``; the hash covers everything the entry depends on."""
-        if self._cache_dir is None:
-            return None
-        if self._teacher_key is None:
+    def _teacher_entry_key(self, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> str:
+        if self._teacher_key is None:  # reset in setup: the weights are hashed once per stage
             self._teacher_key = teacher_fingerprint(teacher)
         config = self._config(method, "teacher")
-        parts = [self._teacher_key, data_fingerprint(x), data_fingerprint(target), repr(config), TEACHER_CACHE_VERSION]
+        parts = [self._teacher_key, data_fingerprint(x), data_fingerprint(target), repr(config),
+                 f"batch_size={self.batch_size}", TEACHER_CACHE_VERSION]
         if train_inputs is not None and baseline_kind(config, True) in ("mean", "sample"):
             parts.append(data_fingerprint(train_inputs))
-        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-        return self._cache_dir / f"{method}_{digest}.pt"
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
     def _explain(self, split: str, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[dict[str, Tensor], Tensor]:
         teacher_side = self._teacher_side(split, method, teacher, x, target, train_inputs)
@@ -228,15 +234,16 @@ class ExplanationAgreement(Callback):
         equals the baseline, so rank correlation of |attribution| mostly measures the shared input
         support (about 0.9 for an untrained student on digits). This floor puts curves in context.
         """
-        if method not in self._chance:
+        key = (method, data_fingerprint(x), data_fingerprint(target))  # other probes, other floor
+        if key not in self._chance:
             fresh = reinitialized(student, self.seed)
             r_maps = self._attribute(method, "student", fresh, x, target, train_inputs)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
             metrics = AgreementCollection(k=min(self.k, t_maps[0].numel()), names=CHANCE_METRICS).to(x.device)
             if ok.any():
                 metrics.update(r_maps[ok], t_maps[ok])
-            self._chance[method] = {name: float(value) for name, value in metrics.compute().items()}
-        return self._chance[method]
+            self._chance[key] = {name: float(value) for name, value in metrics.compute().items()}
+        return self._chance[key]
 
     def _metrics(self, method: str, k: int, num_classes: int, device) -> tuple[AgreementCollection, PerClassAgreement]:
         """The method's metric objects, built once and reset for each run."""

@@ -239,3 +239,26 @@ def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits
     fresh = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     tiny_trainer(callbacks=[fresh]).validate(other, datamodule=digits, verbose=False)
     assert callback.last_results == pytest.approx(fresh.last_results, nan_ok=True)
+
+
+def test_one_callback_object_reused_for_other_probes_recomputes_the_teacher_side(teacher_checkpoint):
+    from kdlight.data import DigitsDataModule
+
+    module = make_module(teacher_checkpoint)
+    callback = small_callback(methods=["saliency"], log_images=False)
+    tiny_trainer(callbacks=[callback]).validate(module, datamodule=DigitsDataModule(batch_size=64, seed=0), verbose=False)
+    other_data = DigitsDataModule(batch_size=64, seed=1)  # another split: other probes
+    tiny_trainer(callbacks=[callback]).validate(module, datamodule=other_data, verbose=False)
+    fresh = small_callback(methods=["saliency"], log_images=False)
+    tiny_trainer(callbacks=[fresh]).validate(module, datamodule=other_data, verbose=False)
+    assert callback.last_results == pytest.approx(fresh.last_results, nan_ok=True)
+
+
+def test_teacher_cache_key_covers_the_probe_batch_size(digits, teacher_checkpoint, tmp_path):
+    """Random methods draw per probe batch, so another batch size is another entry."""
+    module = make_module(teacher_checkpoint)
+    for batch_size in (16, 8):
+        callback = small_callback(methods=["gradient_shap"], log_images=False, faithfulness=False, batch_size=batch_size,
+                                  teacher_cache_dir=str(tmp_path))
+        tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
+    assert len(list(tmp_path.glob("gradient_shap_*.pt"))) == 2
