@@ -105,6 +105,7 @@ class ExplanationAgreement(Callback):
         self.teacher_cache_dir = teacher_cache_dir
         self._teacher_key: str | None = None
         self._cache_dir: Path | None = None
+        self._probe_key = ""  # fingerprint of this run's probes and targets (set in _run)
         self._models: tuple[int, int] | None = None  # ids of the teacher and student served
         self._probe_indices: Tensor | None = None
         self._warned_nonfinite = False
@@ -187,24 +188,28 @@ class ExplanationAgreement(Callback):
         and, for SHAP baselines, the training inputs. So they are computed once per teacher, and a
         changed teacher, probe set or setting never reads a stale entry."""
         if self.target == "student":  # the target follows the student: nothing to reuse
-            entry = {"maps": self._attribute(method, "teacher", teacher, x, target, train_inputs)}
-            if self.faithfulness:
-                entry.update(self._faithfulness_scores(method, teacher, x, entry["maps"], target))
-            return entry
-        key = self._teacher_entry_key(method, teacher, x, target, train_inputs)
+            return self._completed(None, method, teacher, x, target, train_inputs)
+        key = self._teacher_entry_key(method, teacher, train_inputs)
         if key not in self._teacher_cache:
             path = self._cache_dir / f"{method}_{key}.pt" if self._cache_dir is not None else None
-            entry = _load_entry(path, x.device)
-            changed = entry is None
-            if entry is None:
-                entry = {"maps": self._attribute(method, "teacher", teacher, x, target, train_inputs)}
-            if self.faithfulness and "deletion_auc" not in entry:
-                entry.update(self._faithfulness_scores(method, teacher, x, entry["maps"], target))
-                changed = True
-            if changed:
+            stored = _load_entry(path, x.device)
+            entry = self._completed(stored, method, teacher, x, target, train_inputs)
+            if entry is not stored:
                 _save_entry(path, entry)
             self._teacher_cache[key] = entry
         return self._teacher_cache[key]
+
+    def _completed(self, entry: dict[str, Tensor] | None, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> dict[str, Tensor]:
+        """``entry`` if it holds all this run needs, else a new entry with the missing maps and/or
+        faithfulness scores computed."""
+        if entry is not None and (not self.faithfulness or "deletion_auc" in entry):
+            return entry
+        entry = dict(entry or {})
+        if "maps" not in entry:
+            entry["maps"] = self._attribute(method, "teacher", teacher, x, target, train_inputs)
+        if self.faithfulness:
+            entry.update(self._faithfulness_scores(method, teacher, x, entry["maps"], target))
+        return entry
 
     def _cache_directory(self, pl_module: LightningModule) -> Path | None:
         if self.teacher_cache_dir != "auto":
@@ -212,11 +217,11 @@ class ExplanationAgreement(Callback):
         checkpoint = getattr(pl_module, "teacher_checkpoint", None)
         return Path(checkpoint).parent / "explanations" if isinstance(checkpoint, str) else None
 
-    def _teacher_entry_key(self, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> str:
+    def _teacher_entry_key(self, method: str, teacher, train_inputs) -> str:
         if self._teacher_key is None:  # reset in setup: the weights are hashed once per stage
             self._teacher_key = teacher_fingerprint(teacher)
         config = self._config(method, "teacher")
-        parts = [self._teacher_key, data_fingerprint(x), data_fingerprint(target), repr(config),
+        parts = [self._teacher_key, self._probe_key, repr(config),
                  f"batch_size={self.batch_size}", TEACHER_CACHE_VERSION]
         if train_inputs is not None and baseline_kind(config, True) in ("mean", "sample"):
             parts.append(data_fingerprint(train_inputs))
@@ -234,7 +239,7 @@ class ExplanationAgreement(Callback):
         equals the baseline, so rank correlation of |attribution| mostly measures the shared input
         support (about 0.9 for an untrained student on digits). This floor puts curves in context.
         """
-        key = (method, data_fingerprint(x), data_fingerprint(target))  # other probes, other floor
+        key = (method, self._probe_key)  # other probes, other floor
         if key not in self._chance:
             fresh = reinitialized(student, self.seed)
             r_maps = self._attribute(method, "student", fresh, x, target, train_inputs)
@@ -291,6 +296,7 @@ class ExplanationAgreement(Callback):
         train_inputs = datamodule.train_inputs().to(device) if hasattr(datamodule, "train_inputs") else None
         t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
         target = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[self.target]
+        self._probe_key = f"{data_fingerprint(x)}|{data_fingerprint(target)}"  # what the probes and targets were
         num_classes = t_logits.shape[-1]
         prefix = f"{split}/explain"
         results: dict[str, float] = {}
