@@ -231,8 +231,8 @@ def _image_mosaic(
     for i in range(n):
         for j, panel in enumerate(panels):
             mosaic[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = panel[i]
-    left = 0.3 if labels else 0.02
-    top_inches = 0.8 if title else 0.4  # column names (and the title) above the mosaic
+    left = min(0.4, 0.04 + 0.0125 * max(map(len, labels))) if labels else 0.02  # room for the row labels
+    top_inches = 0.65 if title else 0.35  # column names (and the title) above the mosaic
     image_height = width * (1 - left - 0.02) * mosaic.shape[0] / mosaic.shape[1]
     height = round(image_height + top_inches + 0.1, 2)  # whole pixels at the default 100 dpi
     fig = Figure(figsize=(width, height))  # a fixed layout: constrained layout would cost a second draw
