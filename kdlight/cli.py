@@ -55,7 +55,7 @@ def root_cause(err: BaseException) -> BaseException:
 
 
 def main(args: list[str] | None = None) -> KDLightCLI | None:
-    """Entry point of ``kdlight`` and ``python -m kdlight``; ``args`` replaces ``sys.argv``.
+    """Run the CLI (``kdlight``, ``python -m kdlight``, or in-process); ``args`` replaces ``sys.argv``.
 
     Problems a user can fix print one line (``kdlight: error: ...``) and exit with status 1; set
     ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
@@ -69,3 +69,10 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
         message = str(err).strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def console() -> None:
+    """The ``kdlight`` console script: :func:`main` on ``sys.argv``, exit status 0 on success
+    (the console-script wrapper passes the return value to ``sys.exit``, which would print a
+    returned CLI object and exit with 1)."""
+    main()

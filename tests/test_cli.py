@@ -1,8 +1,10 @@
 """The kdlight command end to end, as a user runs it."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +78,18 @@ def test_missing_teacher_checkpoint_is_one_line(capsys):
 def test_console_script_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "kdlight", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "fit" in out.stdout and "validate" in out.stdout
+
+
+def test_installed_console_script_exits_0_after_a_fit(tmp_path):
+    """``kdlight fit ...`` as a user types it: the console-script wrapper calls ``sys.exit`` on the
+    entry point's return value, so it must return None (a returned CLI object exits with 1)."""
+    script = Path(sys.executable).parent / "kdlight"
+    assert script.is_file(), "the kdlight console script is not installed next to this Python (pip install -e .)"
+    command = [str(script), "fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.max_epochs=1",
+               "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "KDLightCLI object" not in out.stderr + out.stdout
 
 
 def test_optimizer_comes_from_the_model_config():
