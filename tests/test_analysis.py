@@ -28,16 +28,6 @@ DIGITS = REPO / "configs" / "digits"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread. Two OpenMP threads on a busy shared 2-core machine made forward
-    passes of the digits CNN ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fit(config: str, out: Path, *extra: str) -> None:
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",

@@ -15,16 +15,6 @@ from kdlight.summary import FitSummary
 SMALL = dict(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread. Two OpenMP threads on a busy shared 2-core machine made forward
-    passes of the digits CNN ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _adam(params):
     return torch.optim.Adam(params, lr=1e-2)
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import kdlight.cli
@@ -21,16 +20,6 @@ from kdlight.analysis import load_run, read_wandb_records
 from kdlight.artifacts import CLI_CONFIG_KEY, LoggerSaveConfigCallback
 
 wandb = pytest.importorskip("wandb")
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread. Two OpenMP threads on a busy shared 2-core machine made forward
-    passes of the digits CNN ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 FRAGMENT = REPO / "configs" / "logger" / "wandb.yaml"
 CALLBACKS = """
