@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,14 @@ from typing import Any
 import pandas as pd
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from kdlight.artifacts import log_figure, log_table
 from kdlight.cache import data_fingerprint, teacher_fingerprint
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
-from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, method_names
+from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, is_pure, method_names
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
 from kdlight.explain.plots import explanation_figure
 from kdlight.explain.surrogate import fit_surrogate
@@ -50,6 +53,14 @@ class ExplanationAgreement(Callback):
     settings, so every student distilled from the same teacher reuses them (a changed teacher,
     probe set or setting gives a new key, never a stale entry).
 
+    During ``fit`` the teacher's side is computed on a background thread from the start of
+    training, so it overlaps the first epochs instead of adding to the first run
+    (``teacher_in_background``). Only where that is safe: single-device and DDP strategies on CPU
+    or CUDA, target ``teacher`` or ``label``, and methods that draw no random numbers and put no
+    hooks on the teacher (integrated gradients, saliency, input x gradient without a noise
+    tunnel); the others are computed in the first run, as before. Training draws the same random
+    numbers and gives the same weights either way.
+
     Args:
         methods: attribution methods (see :func:`kdlight.explain.method_names`).
         every_n_epochs: run on validation epochs divisible by this (always in validate/test).
@@ -63,6 +74,8 @@ class ExplanationAgreement(Callback):
         teacher_cache_dir: directory for the teacher's maps and faithfulness across runs;
             ``"auto"``: ``explanations/`` beside the teacher checkpoint (memory only when the
             teacher was not loaded from one); ``None``: kept in memory for this run only.
+        teacher_in_background: compute the teacher's side on a background thread during
+            ``fit`` (see above); ``False``: in the first run.
     """
 
     def __init__(
@@ -80,6 +93,7 @@ class ExplanationAgreement(Callback):
         method_args: dict[str, dict[str, Any]] | None = None,
         seed: int = 0,
         teacher_cache_dir: str | None = None,
+        teacher_in_background: bool = True,
     ) -> None:
         super().__init__()
         self.methods = list(methods) if methods is not None else ["integrated_gradients", "saliency"]
@@ -103,6 +117,8 @@ class ExplanationAgreement(Callback):
         self.target, self.log_images, self.num_images = target, log_images, num_images
         self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
         self.teacher_cache_dir = teacher_cache_dir
+        self.teacher_in_background = teacher_in_background
+        self._teacher_job: Future | None = None  # the background computation of the teacher's side
         self._teacher_key: str | None = None
         self._cache_dir: Path | None = None
         self._probe_key = ""  # fingerprint of this run's probes and targets (set in _run)
@@ -154,6 +170,15 @@ class ExplanationAgreement(Callback):
             self._models = models
             self._teacher_cache.clear(), self._chance.clear()
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_teacher_job(trainer, pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._finish_teacher_job()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._finish_teacher_job()
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -179,7 +204,7 @@ class ExplanationAgreement(Callback):
                 for xb, tb in zip(x.split(self.batch_size), target.split(self.batch_size))]
         return torch.cat(maps)
 
-    def _teacher_side(self, split: str, method: str, teacher, x: Tensor, target: Tensor, train_inputs) -> dict[str, Tensor]:
+    def _teacher_side(self, method: str, teacher, x: Tensor, target: Tensor, train_inputs, probe_key: str) -> dict[str, Tensor]:
         """The teacher's maps and per-probe faithfulness scores.
 
         Unless ``target="student"`` they are kept, in memory and with ``teacher_cache_dir`` on
@@ -189,7 +214,7 @@ class ExplanationAgreement(Callback):
         changed teacher, probe set or setting never reads a stale entry."""
         if self.target == "student":  # the target follows the student: nothing to reuse
             return self._completed(None, method, teacher, x, target, train_inputs)
-        key = self._teacher_entry_key(method, teacher, train_inputs)
+        key = self._teacher_entry_key(method, teacher, train_inputs, probe_key)
         if key not in self._teacher_cache:
             path = self._cache_dir / f"{method}_{key}.pt" if self._cache_dir is not None else None
             stored = _load_entry(path, x.device)
@@ -217,19 +242,66 @@ class ExplanationAgreement(Callback):
         checkpoint = getattr(pl_module, "teacher_checkpoint", None)
         return Path(checkpoint).parent / "explanations" if isinstance(checkpoint, str) else None
 
-    def _teacher_entry_key(self, method: str, teacher, train_inputs) -> str:
+    def _teacher_entry_key(self, method: str, teacher, train_inputs, probe_key: str) -> str:
         if self._teacher_key is None:  # reset in setup: the weights are hashed once per stage
             self._teacher_key = teacher_fingerprint(teacher)
         config = self._config(method, "teacher")
-        parts = [self._teacher_key, self._probe_key, repr(config),
+        parts = [self._teacher_key, probe_key, repr(config),
                  f"batch_size={self.batch_size}", TEACHER_CACHE_VERSION]
         if train_inputs is not None and baseline_kind(config, True) in ("mean", "sample"):
             parts.append(data_fingerprint(train_inputs))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
-    def _explain(self, split: str, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[dict[str, Tensor], Tensor]:
-        teacher_side = self._teacher_side(split, method, teacher, x, target, train_inputs)
+    def _explain(self, method: str, teacher, student, x: Tensor, target: Tensor, train_inputs) -> tuple[dict[str, Tensor], Tensor]:
+        teacher_side = self._teacher_side(method, teacher, x, target, train_inputs, self._probe_key)
         return teacher_side, self._attribute(method, "student", student, x, target, train_inputs)
+
+    # -- the teacher's side in the background ------------------------------------------------
+    def _background_methods(self, trainer: Trainer, device: torch.device) -> list[str]:
+        """The methods whose teacher side may be computed beside training (see the class doc)."""
+        safe = (
+            self.teacher_in_background
+            and self.target != "student"
+            and type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)  # FSDP may shard the teacher
+            and device.type in ("cpu", "cuda")
+        )
+        return [m for m in self.methods if is_pure(self._config(m, "teacher"))] if safe else []
+
+    def _start_teacher_job(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start computing the teacher's maps and faithfulness on a background thread."""
+        methods = self._background_methods(trainer, pl_module.device)
+        if not methods or not trainer.val_dataloaders or self._teacher_job is not None:
+            return
+        x, y = self._probe_batch(trainer, "val")  # also: too many probes fails here, not epochs later
+        x, y = x.to(pl_module.device), y.to(pl_module.device)
+        train_inputs = self._train_inputs(trainer, pl_module.device)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdlight-teacher")
+        self._teacher_job = executor.submit(self._teacher_sides, methods, pl_module.teacher, x, y, train_inputs)
+        executor.shutdown(wait=False)  # the thread ends with the job
+
+    def _teacher_sides(self, methods: list[str], teacher, x: Tensor, y: Tensor, train_inputs) -> None:
+        """(Background thread.) Fill the teacher cache for ``methods``, as a run would."""
+        with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
+            target = self._predict(teacher, x).argmax(-1) if self.target == "teacher" else y
+            for method in methods:
+                self._teacher_side(method, teacher, x, target, train_inputs, _probe_key(x, target))
+
+    def _finish_teacher_job(self) -> None:
+        """Wait for the background job. If it failed, the run computes what is missing itself."""
+        job, self._teacher_job = self._teacher_job, None
+        if job is None:
+            return
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001 -- the synchronous path recomputes and raises properly
+            warnings.warn(f"computing the teacher's explanations in the background failed ({err!r}); "
+                          "computing them in the run instead", RuntimeWarning, stacklevel=2)
+
+    def _train_inputs(self, trainer: Trainer, device: torch.device) -> Tensor | None:
+        """The training inputs when a method's baselines use them (training mean or samples)."""
+        datamodule = trainer.datamodule
+        needed = any(baseline_kind(self._config(m, "teacher"), True) in ("mean", "sample") for m in self.methods)
+        return datamodule.train_inputs().to(device) if needed and hasattr(datamodule, "train_inputs") else None
 
     def _chance_level(self, method, teacher, student, x, target, train_inputs, t_maps, ok) -> dict[str, float]:
         """Agreement of the teacher with a freshly initialised copy of the student (computed once).
@@ -289,19 +361,19 @@ class ExplanationAgreement(Callback):
         return results
 
     def _run(self, trainer, pl_module, teacher, student, split: str) -> dict[str, float]:
+        self._finish_teacher_job()
         device = pl_module.device
         x, y = self._probe_batch(trainer, split)
         x, y = x.to(device), y.to(device)
-        datamodule = trainer.datamodule
-        train_inputs = datamodule.train_inputs().to(device) if hasattr(datamodule, "train_inputs") else None
+        train_inputs = self._train_inputs(trainer, device)
         t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
         target = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[self.target]
-        self._probe_key = f"{data_fingerprint(x)}|{data_fingerprint(target)}"  # what the probes and targets were
+        self._probe_key = _probe_key(x, target)
         num_classes = t_logits.shape[-1]
         prefix = f"{split}/explain"
         results: dict[str, float] = {}
         for method in self.methods:
-            teacher_side, s_maps = self._explain(split, method, teacher, student, x, target, train_inputs)
+            teacher_side, s_maps = self._explain(method, teacher, student, x, target, train_inputs)
             t_maps = teacher_side["maps"]
             ok = self._finite(t_maps, s_maps, method)
             metrics, per_class = self._metrics(method, min(self.k, t_maps[0].numel()), num_classes, device)
@@ -375,6 +447,11 @@ class ExplanationAgreement(Callback):
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
+
+
+def _probe_key(x: Tensor, target: Tensor) -> str:
+    """Fingerprint of the probe inputs and their targets (part of every teacher cache key)."""
+    return f"{data_fingerprint(x)}|{data_fingerprint(target)}"
 
 
 def _write_scalars(trainer: Trainer, results: dict[str, float]) -> None:

@@ -27,7 +27,8 @@ Decisions
   ``eps . map == f(x) - f(x_perturbed)`` exactly for a linear model and its input x gradient map.
   With ``multiply_by_inputs=False`` (local maps: saliency, Grad-CAM) the perturbed input is
   ``x - eps`` and the perturbation is ``eps``. The noise comes from a local ``torch.Generator``
-  seeded with ``seed``, inside ``torch.random.fork_rng``: the global RNG state is unchanged.
+  seeded with ``seed``: the global RNG is never read or written, so scoring may run on another
+  thread while training draws random numbers.
   The draws depend on ``seed``, ``N``, ``n_perturb_samples`` and ``batch_size`` (Captum hands the
   perturbation function chunks of repeated inputs), so teacher and student scored with the same
   settings on the same probe set see identical noise.
@@ -263,8 +264,7 @@ def infidelity_score(
     device, dtype = _device_dtype(model, inputs)
     n = inputs.shape[0]
     max_rows = None if batch_size is None else max(n, min(batch_size, n * n_perturb_samples))
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with _evaluation(model, device), torch.random.fork_rng(devices=cuda):
+    with _evaluation(model, device):
         x = _as_normal(inputs, device, dtype)
         attr = _as_normal(attributions, device, dtype)
         base = _shared_baseline(baseline, x) if multiply_by_inputs else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 
 import pandas as pd
 import pytest
@@ -262,3 +263,94 @@ def test_teacher_cache_key_covers_the_probe_batch_size(digits, teacher_checkpoin
                                   teacher_cache_dir=str(tmp_path))
         tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
     assert len(list(tmp_path.glob("gradient_shap_*.pt"))) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher's side on a background thread during fit
+
+
+def _threads_computing_teacher_side(monkeypatch, callback) -> dict[str, set[str]]:
+    """Per method, the names of the threads that computed the teacher's maps and faithfulness."""
+    threads: dict[str, set[str]] = {}
+    real = callback._completed
+
+    def spy(entry, method, *args, **kwargs):
+        threads.setdefault(method, set()).add(threading.current_thread().name)
+        return real(entry, method, *args, **kwargs)
+
+    monkeypatch.setattr(callback, "_completed", spy)
+    return threads
+
+
+def test_teacher_side_of_pure_methods_is_computed_in_the_background(digits, teacher_checkpoint, monkeypatch):
+    callback = small_callback(methods=["integrated_gradients", "saliency", "gradient_shap"], log_images=False,
+                              method_args={"integrated_gradients": {"n_steps": 8}, "gradient_shap": {"n_samples": 4}})
+    threads = _threads_computing_teacher_side(monkeypatch, callback)
+    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    main = threading.main_thread().name
+    for method in ("integrated_gradients", "saliency"):  # no random draws, no hooks: beside training
+        assert len(threads[method]) == 1 and threads[method] != {main}, threads
+    assert threads["gradient_shap"] == {main}  # draws random numbers: in the run, as before
+    assert "val/explain/integrated_gradients/teacher_deletion_auc" in callback.last_results
+
+
+def test_background_teacher_side_leaves_training_and_results_unchanged(digits, teacher_checkpoint):
+    """Same student weights, same global RNG state and same explanation metrics with the teacher's
+    side computed beside training or in the run; the student's dropout draws random numbers."""
+    from lightning.pytorch import seed_everything
+
+    outcomes = []
+    for background in (True, False):
+        seed_everything(0, verbose=False)
+        student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+        module = make_module(teacher_checkpoint, student=student)
+        callback = small_callback(log_images=False, teacher_in_background=background)
+        tiny_trainer(max_epochs=2, callbacks=[callback]).fit(module, datamodule=digits)
+        outcomes.append((module.student.state_dict(), torch.get_rng_state(), callback.last_results))
+    (weights, rng, results), (weights_fg, rng_fg, results_fg) = outcomes
+    assert all(torch.equal(weights[name], weights_fg[name]) for name in weights)
+    assert torch.equal(rng, rng_fg)
+    assert results == pytest.approx(results_fg, abs=1e-6, nan_ok=True)
+
+
+def test_failed_background_job_warns_and_the_run_computes_the_teacher_side(digits, teacher_checkpoint, monkeypatch):
+    callback = small_callback(methods=["saliency"], log_images=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(callback, "_teacher_sides", broken)
+    with pytest.warns(RuntimeWarning, match="in the background failed.*broken on purpose"):
+        tiny_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert "val/explain/saliency/teacher_insertion_auc" in callback.last_results
+
+
+def test_background_only_where_it_is_safe():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    cpu = torch.device("cpu")
+    single = SimpleNamespace(strategy=SingleDeviceStrategy(device=cpu))
+    callback = small_callback(methods=["integrated_gradients", "saliency", "gradient_shap", "grad_cam"],
+                              method_args={"saliency": {"noise_tunnel": "smoothgrad"}})
+    assert callback._background_methods(single, cpu) == ["integrated_gradients"]  # pure methods only
+    assert callback._background_methods(SimpleNamespace(strategy=DDPStrategy()), cpu) == ["integrated_gradients"]
+
+    class ShardingStrategy(DDPStrategy):  # e.g. FSDP or DeepSpeed: the teacher may be sharded
+        pass
+
+    assert callback._background_methods(SimpleNamespace(strategy=ShardingStrategy()), cpu) == []
+    assert callback._background_methods(single, torch.device("meta")) == []
+    assert small_callback(target="student")._background_methods(single, cpu) == []
+    assert small_callback(teacher_in_background=False)._background_methods(single, cpu) == []
+
+
+def test_too_many_probes_fail_when_fit_starts(digits, teacher_checkpoint):
+    seen = []
+    trainer = tiny_trainer(max_epochs=3, callbacks=[small_callback(num_probes=10_000)])
+    module = make_module(teacher_checkpoint)
+    module.on_train_epoch_start = lambda: seen.append(1)
+    with pytest.raises(ValueError, match="larger than the validation set"):
+        trainer.fit(module, datamodule=digits)
+    assert not seen  # before the first training epoch, not after it

@@ -220,6 +220,42 @@ def test_saliency_and_input_x_gradient_match_autograd(kind):
     torch.testing.assert_close(ixg, x * grad)
 
 
+@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "input_x_gradient", "gradient_shap", "deeplift_shap"])
+def test_one_backward_seed_gives_captum_s_own_gradients(method, monkeypatch):
+    """The one-call gradient function that replaces Captum's per-scalar one changes no value."""
+    model, x, target, train = _setup("image")
+    config = _fast_config(method, "image")
+    used = []
+    real = M._summed_gradients
+    monkeypatch.setattr(M, "_summed_gradients", lambda *a, **k: used.append(1) or real(*a, **k))
+    ours = attribute(model, x, target, config, train_inputs=train)
+    assert used, "the one-seed gradient function was not used"
+    monkeypatch.setattr(M, "_use_one_backward_seed", lambda explainer: None)  # Captum's compute_gradients
+    captum = attribute(model, x, target, config, train_inputs=train)
+    torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method, noise_tunnel, pure",
+    [("integrated_gradients", None, True), ("saliency", None, True), ("input_x_gradient", None, True),
+     ("saliency", "smoothgrad", False), ("gradient_shap", None, False), ("deeplift_shap", None, False),
+     ("grad_cam", None, False), ("kernel_shap", None, False)],
+)
+def test_is_pure_marks_methods_without_random_draws_or_hooks(method, noise_tunnel, pure):
+    assert M.is_pure(AttributionConfig(method=method, noise_tunnel=noise_tunnel)) is pure
+
+
+def test_pure_methods_touch_no_global_rng(monkeypatch):
+    """Pure calls never seed or read the global RNGs (they may run beside training)."""
+    model, x, target, _ = _setup("image")
+    monkeypatch.setattr(M, "_seeded", lambda *a: pytest.fail("a pure method entered _seeded"))
+    before = _rng_snapshot()
+    for method in ("integrated_gradients", "saliency", "input_x_gradient"):
+        attribute(model, x, target, _fast_config(method, "image"))
+    after = _rng_snapshot()
+    assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2]
+
+
 # --------------------------------------------------------------------------------------------
 # randomness
 
