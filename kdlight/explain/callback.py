@@ -56,7 +56,8 @@ class ExplanationAgreement(Callback):
     During ``fit`` the teacher's side is computed on a background thread from the start of
     training, so it overlaps the first epochs instead of adding to the first run
     (``teacher_in_background``). Only where that is safe: single-device and DDP strategies on CPU
-    or CUDA, target ``teacher`` or ``label``, and methods that draw no random numbers and put no
+    or CUDA, target ``teacher`` or ``label``, a teacher without hooks (an objective that reads the
+    teacher's features, such as Hint, hooks it), and methods that draw no random numbers and put no
     hooks on the teacher (integrated gradients, saliency, input x gradient without a noise
     tunnel); the others are computed in the first run, as before. Training draws the same random
     numbers and gives the same weights either way.
@@ -270,7 +271,7 @@ class ExplanationAgreement(Callback):
     def _start_teacher_job(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start computing the teacher's maps and faithfulness on a background thread."""
         methods = self._background_methods(trainer, pl_module.device)
-        if not methods or not trainer.val_dataloaders or self._teacher_job is not None:
+        if not methods or not trainer.val_dataloaders or self._teacher_job is not None or _has_hooks(pl_module.teacher):
             return
         x, y = self._probe_batch(trainer, "val")  # also: too many probes fails here, not epochs later
         x, y = x.to(pl_module.device), y.to(pl_module.device)
@@ -447,6 +448,19 @@ class ExplanationAgreement(Callback):
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
+
+
+def _has_hooks(model: torch.nn.Module) -> bool:
+    """Whether forward or backward hooks are registered on ``model`` or globally (e.g. the feature
+    taps of a Hint or attention-transfer objective): they would fire on the background thread's
+    forward passes too, and mix its activations into the training step's."""
+    from torch.nn.modules import module as nn_module
+
+    global_hooks = (nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks,
+                    nn_module._global_backward_hooks, nn_module._global_backward_pre_hooks)
+    return any(global_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
+    )
 
 
 def _probe_key(x: Tensor, target: Tensor) -> str:

@@ -354,3 +354,20 @@ def test_too_many_probes_fail_when_fit_starts(digits, teacher_checkpoint):
     with pytest.raises(ValueError, match="larger than the validation set"):
         trainer.fit(module, datamodule=digits)
     assert not seen  # before the first training epoch, not after it
+
+
+def test_no_background_job_when_the_objective_hooks_the_teacher(digits, teacher_checkpoint, monkeypatch):
+    """A Hint objective taps the teacher's conv2: a forward on another thread would overwrite the
+    training step's captured features, so the teacher's side stays in the run."""
+    from kdlight.objectives import KD, Composite, Hint
+
+    module = DistillationModule(
+        digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint),
+        objective=Composite([KD(), Hint(student_layer="conv2", teacher_layer="conv2")]),
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+    )
+    callback = small_callback(methods=["saliency"], log_images=False)
+    threads = _threads_computing_teacher_side(monkeypatch, callback)
+    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(module, datamodule=digits)
+    assert threads["saliency"] == {threading.main_thread().name}
+    assert "val/explain/saliency/cosine" in callback.last_results
