@@ -1,8 +1,11 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
+import copy
 import hashlib
+import logging
 import os
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -33,6 +36,8 @@ FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
 #: part of every teacher_cache_dir key: bump it when how maps or faithfulness are computed changes
 TEACHER_CACHE_VERSION = "1"
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+log = logging.getLogger(__name__)
 
 
 class ExplanationAgreement(Callback):
@@ -55,12 +60,15 @@ class ExplanationAgreement(Callback):
 
     During ``fit`` the teacher's side is computed on a background thread from the start of
     training, so it overlaps the first epochs instead of adding to the first run
-    (``teacher_in_background``). Only where that is safe: single-device and DDP strategies on CPU
-    or CUDA, target ``teacher`` or ``label``, a teacher without hooks (an objective that reads the
-    teacher's features, such as Hint, hooks it), and methods that draw no random numbers and put no
-    hooks on the teacher (integrated gradients, saliency, input x gradient without a noise
+    (``teacher_in_background``). The job explains a copy of the teacher's modules that shares its
+    weights but none of its hooks (objectives such as Hint hook the teacher) or train/eval flags. It
+    runs only where that is safe: single-device and DDP strategies on CPU or CUDA, target
+    ``teacher`` or ``label``, no global module hooks, and methods that draw no random numbers and
+    put no hooks on the model (integrated gradients, saliency, input x gradient without a noise
     tunnel); the others are computed in the first run, as before. Training draws the same random
-    numbers and gives the same weights either way.
+    numbers and gives the same weights either way. If the job fails (e.g. a kernel without a
+    deterministic implementation under ``deterministic=True``: the job never relaxes that
+    process-wide flag), the run computes the teacher's side instead.
 
     Args:
         methods: attribution methods (see :func:`kdlight.explain.method_names`).
@@ -120,6 +128,7 @@ class ExplanationAgreement(Callback):
         self.teacher_cache_dir = teacher_cache_dir
         self.teacher_in_background = teacher_in_background
         self._teacher_job: Future | None = None  # the background computation of the teacher's side
+        self._cancel_job = threading.Event()  # asks the job to stop after the current method
         self._teacher_key: str | None = None
         self._cache_dir: Path | None = None
         self._probe_key = ""  # fingerprint of this run's probes and targets (set in _run)
@@ -178,6 +187,7 @@ class ExplanationAgreement(Callback):
         self._finish_teacher_job()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._cancel_job.set()
         self._finish_teacher_job()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -271,13 +281,18 @@ class ExplanationAgreement(Callback):
     def _start_teacher_job(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start computing the teacher's maps and faithfulness on a background thread."""
         methods = self._background_methods(trainer, pl_module.device)
-        if not methods or not trainer.val_dataloaders or self._teacher_job is not None or _has_hooks(pl_module.teacher):
+        runs_ahead = trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.max_epochs >= self.every_n_epochs
+        if not methods or not runs_ahead or not trainer.val_dataloaders or self._teacher_job is not None:
             return
         x, y = self._probe_batch(trainer, "val")  # also: too many probes fails here, not epochs later
+        teacher = _unhooked_copy(pl_module.teacher)
+        if teacher is None:
+            return
         x, y = x.to(pl_module.device), y.to(pl_module.device)
         train_inputs = self._train_inputs(trainer, pl_module.device)
+        self._cancel_job.clear()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdlight-teacher")
-        self._teacher_job = executor.submit(self._teacher_sides, methods, pl_module.teacher, x, y, train_inputs)
+        self._teacher_job = executor.submit(self._teacher_sides, methods, teacher, x, y, train_inputs)
         executor.shutdown(wait=False)  # the thread ends with the job
 
     def _teacher_sides(self, methods: list[str], teacher, x: Tensor, y: Tensor, train_inputs) -> None:
@@ -285,6 +300,8 @@ class ExplanationAgreement(Callback):
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
             target = self._predict(teacher, x).argmax(-1) if self.target == "teacher" else y
             for method in methods:
+                if self._cancel_job.is_set():
+                    return
                 self._teacher_side(method, teacher, x, target, train_inputs, _probe_key(x, target))
 
     def _finish_teacher_job(self) -> None:
@@ -294,9 +311,9 @@ class ExplanationAgreement(Callback):
             return
         try:
             job.result()
-        except Exception as err:  # noqa: BLE001 -- the synchronous path recomputes and raises properly
-            warnings.warn(f"computing the teacher's explanations in the background failed ({err!r}); "
-                          "computing them in the run instead", RuntimeWarning, stacklevel=2)
+        except Exception as err:  # noqa: BLE001 -- the run recomputes what is missing and raises properly
+            log.info("the teacher's explanations could not be computed in the background (%r); "
+                     "the run computes them instead", err)
 
     def _train_inputs(self, trainer: Trainer, device: torch.device) -> Tensor | None:
         """The training inputs when a method's baselines use them (training mean or samples)."""
@@ -450,17 +467,24 @@ class ExplanationAgreement(Callback):
         log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
 
 
-def _has_hooks(model: torch.nn.Module) -> bool:
-    """Whether forward or backward hooks are registered on ``model`` or globally (e.g. the feature
-    taps of a Hint or attention-transfer objective): they would fire on the background thread's
-    forward passes too, and mix its activations into the training step's."""
+def _unhooked_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of ``model``'s modules in eval mode that shares its parameters and buffers but none
+    of its forward/backward hooks (e.g. the feature taps of a Hint objective, which would capture
+    the background thread's activations). ``None`` when global module hooks are set (they fire on
+    every module) or the model cannot be copied."""
     from torch.nn.modules import module as nn_module
 
-    global_hooks = (nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks,
-                    nn_module._global_backward_hooks, nn_module._global_backward_pre_hooks)
-    return any(global_hooks) or any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules()
-    )
+    if any(getattr(nn_module, f"_global{name}", None) for name in _HOOK_DICTS):
+        return None
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    try:
+        clone = copy.deepcopy(model, memo=shared)
+    except Exception:  # noqa: BLE001 -- a model that cannot be copied is explained in the run
+        return None
+    for module in clone.modules():
+        for name in _HOOK_DICTS:
+            getattr(module, name).clear()
+    return clone.eval()
 
 
 def _probe_key(x: Tensor, target: Tensor) -> str:

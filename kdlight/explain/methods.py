@@ -49,6 +49,7 @@ Decisions
 from __future__ import annotations
 
 import random
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -570,8 +571,9 @@ def _attribute_prepared(
 
 def is_pure(config: AttributionConfig) -> bool:
     """Whether a call draws no random numbers and registers no hooks on the model (integrated
-    gradients, saliency, input x gradient without a noise tunnel): it then touches no global state
-    (RNG, warning filters, module hooks), so it may run on another thread while the model is in use."""
+    gradients, saliency, input x gradient without a noise tunnel): it then leaves the RNGs,
+    warning filters and module hooks alone, so it may run on another thread beside training (off
+    the main thread, the deterministic-algorithms flag is never relaxed either)."""
     return config.method in _PURE_METHODS and config.noise_tunnel is None
 
 
@@ -617,8 +619,11 @@ def _attribution_context(device: torch.device) -> Iterator[None]:
 @contextmanager
 def _deterministic_warn_only() -> Iterator[None]:
     """Under ``Trainer(deterministic=True)`` some attribution kernels (DeepLift through max-pool
-    uses max_unpool) have no deterministic implementation; warn instead of failing the run."""
+    uses max_unpool) have no deterministic implementation; warn instead of failing the run. Only
+    on the main thread: the flag is process-wide, and training on the main thread must keep it
+    (off the main thread such a kernel raises)."""
     strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    strict = strict and threading.current_thread() is threading.main_thread()  # the flag is process-wide
     if strict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:

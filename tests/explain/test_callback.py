@@ -313,16 +313,66 @@ def test_background_teacher_side_leaves_training_and_results_unchanged(digits, t
     assert results == pytest.approx(results_fg, abs=1e-6, nan_ok=True)
 
 
-def test_failed_background_job_warns_and_the_run_computes_the_teacher_side(digits, teacher_checkpoint, monkeypatch):
+def test_failed_background_job_is_logged_and_the_run_computes_the_teacher_side(digits, teacher_checkpoint, monkeypatch, caplog):
     callback = small_callback(methods=["saliency"], log_images=False)
 
     def broken(*args, **kwargs):
         raise RuntimeError("broken on purpose")
 
     monkeypatch.setattr(callback, "_teacher_sides", broken)
-    with pytest.warns(RuntimeWarning, match="in the background failed.*broken on purpose"):
+    with caplog.at_level("INFO", logger="kdlight.explain.callback"):
         tiny_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert "broken on purpose" in caplog.text
     assert "val/explain/saliency/teacher_insertion_auc" in callback.last_results
+
+
+def test_background_job_overlaps_training(digits, teacher_checkpoint, monkeypatch):
+    """The job is still pending when training batches run (it waits for one before finishing)."""
+    from lightning.pytorch import Callback
+
+    batch_done = threading.Event()
+
+    class BatchSignal(Callback):
+        def on_train_batch_end(self, *args):
+            batch_done.set()
+
+    callback = small_callback(methods=["saliency"], log_images=False)
+    threads = _threads_computing_teacher_side(monkeypatch, callback)
+    real = callback._teacher_sides
+
+    def after_a_training_batch(*args):
+        assert batch_done.wait(timeout=20), "no training batch ran while the job was pending"
+        return real(*args)
+
+    monkeypatch.setattr(callback, "_teacher_sides", after_a_training_batch)
+    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[BatchSignal(), callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert threads["saliency"] != {threading.main_thread().name}
+
+
+def test_background_job_never_relaxes_the_deterministic_flag(digits, teacher_checkpoint, monkeypatch):
+    """The flag is process-wide: flipping it on the job's thread would relax training too."""
+    calls_off_main = []
+    real = torch.use_deterministic_algorithms
+
+    def spy(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            calls_off_main.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", spy)
+    callback = small_callback(log_images=False)
+    threads = _threads_computing_teacher_side(monkeypatch, callback)
+    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert threads["integrated_gradients"] != {threading.main_thread().name}
+    assert calls_off_main == []
+
+
+def test_no_background_job_when_no_run_comes(digits, teacher_checkpoint, monkeypatch):
+    callback = small_callback(methods=["saliency"], log_images=False, every_n_epochs=5)
+    started = []
+    monkeypatch.setattr(callback, "_teacher_sides", lambda *args: started.append(1))
+    tiny_trainer(max_epochs=2, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert started == []
 
 
 def test_background_only_where_it_is_safe():
@@ -356,18 +406,26 @@ def test_too_many_probes_fail_when_fit_starts(digits, teacher_checkpoint):
     assert not seen  # before the first training epoch, not after it
 
 
-def test_no_background_job_when_the_objective_hooks_the_teacher(digits, teacher_checkpoint, monkeypatch):
-    """A Hint objective taps the teacher's conv2: a forward on another thread would overwrite the
-    training step's captured features, so the teacher's side stays in the run."""
-    from kdlight.objectives import KD, Composite, Hint
+@pytest.mark.parametrize("objective", ["hint", "grad_cam_matching"])
+def test_background_job_ignores_the_objective_s_hooks_on_the_teacher(objective, digits, teacher_checkpoint, monkeypatch):
+    """Hint taps the teacher's conv2 for the whole fit; Grad-CAM matching hooks it inside each step.
+    The job explains a hook-free copy, so training sees only its own activations: the same weights
+    with the job as without it."""
+    from lightning.pytorch import seed_everything
 
-    module = DistillationModule(
-        digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint),
-        objective=Composite([KD(), Hint(student_layer="conv2", teacher_layer="conv2")]),
-        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-    )
-    callback = small_callback(methods=["saliency"], log_images=False)
-    threads = _threads_computing_teacher_side(monkeypatch, callback)
-    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(module, datamodule=digits)
-    assert threads["saliency"] == {threading.main_thread().name}
-    assert "val/explain/saliency/cosine" in callback.last_results
+    from kdlight.objectives import KD, Composite, ExplanationMatching, Hint
+
+    weights = []
+    for background in (True, False):
+        seed_everything(0, verbose=False)
+        extra = Hint(student_layer="conv2", teacher_layer="conv2") if objective == "hint" else ExplanationMatching("grad_cam")
+        module = DistillationModule(
+            digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint),
+            objective=Composite([KD(), extra]), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        )
+        callback = small_callback(methods=["integrated_gradients", "saliency"], log_images=False, teacher_in_background=background)
+        threads = _threads_computing_teacher_side(monkeypatch, callback)
+        tiny_trainer(max_epochs=2, limit_train_batches=6, callbacks=[callback]).fit(module, datamodule=digits)
+        assert (threads["saliency"] != {threading.main_thread().name}) is background
+        weights.append(module.student.state_dict())
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
