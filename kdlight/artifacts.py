@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -29,27 +30,34 @@ def _file_name(key: str, step: int, suffix: str) -> str:
     return f"{key.replace('/', '_')}_epoch{step:03d}{suffix}"
 
 
-def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[str]:
-    """Log ``figure`` under ``key`` to every logger; loggers without images get a PNG file.
-
-    Returns the PNG paths written (empty when every logger took the image itself).
-    """
+def log_image(trainer: Trainer, key: str, image: np.ndarray, epoch: int) -> list[str]:
+    """Log an RGB ``[H, W, 3]`` uint8 ``image`` under ``key`` to every logger; loggers without
+    images get a PNG file. Returns the PNG paths written (empty when every logger took it)."""
     written: list[str] = []
     needs_file = not trainer.loggers
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             import wandb
 
-            logger.experiment.log({key: wandb.Image(figure), "epoch": epoch, "trainer/global_step": trainer.global_step})
+            logger.experiment.log({key: wandb.Image(image), "epoch": epoch, "trainer/global_step": trainer.global_step})
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(key, figure, global_step=epoch, close=False)
+            logger.experiment.add_image(key, image, global_step=epoch, dataformats="HWC")
         else:
             needs_file = True
     if needs_file:
+        from PIL import Image
+
         path = artifact_dir(trainer) / _file_name(key, epoch, ".png")
-        figure.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
+        Image.fromarray(image).save(path, compress_level=1)
         written.append(str(path))
     return written
+
+
+def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[str]:
+    """:func:`log_image` of the rendered ``figure``."""
+    from kdlight.explain.plots import figure_to_array
+
+    return log_image(trainer, key, figure_to_array(figure), epoch)
 
 
 def log_table(trainer: Trainer, key: str, table: pd.DataFrame, epoch: int) -> list[str]:
@@ -116,4 +124,4 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         log_config(trainer, config)
 
 
-__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_figure", "log_table"]
+__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_figure", "log_image", "log_table"]

@@ -207,11 +207,17 @@ def test_figures(runs):
         plot_accuracy_vs_agreement(load_runs([runs["teacher"]]))  # a teacher run has no val/agreement
 
 
-def test_heatmaps_from_checkpoint(runs, digits):
+def test_heatmaps_from_checkpoint(runs, digits, monkeypatch):
+    import kdlight.analysis as analysis
+
+    drawn = []
+    real = analysis.explanation_figure
+    monkeypatch.setattr(analysis, "explanation_figure", lambda *a, **k: drawn.append((a, k)) or real(*a, **k))
     fig = heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[0, 5, 7], method="saliency")
     assert isinstance(fig, Figure) and len(fig.axes) == 1  # digits are images: one mosaic, a row per probe
-    labels = [tick.get_text() for tick in fig.axes[0].get_yticklabels()]
-    assert len(labels) == 3 and labels[0].startswith("#0 y=") and labels[2].startswith("#7 y=")
+    ((args, kwargs),) = drawn
+    labels = kwargs["labels"]
+    assert len(args[0]) == 3 and len(labels) == 3 and labels[0].startswith("#0 y=") and labels[2].startswith("#7 y=")
     with pytest.raises(ValueError, match=r"out of range for the val split \(\d+ samples\)"):
         heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[10_000])
     with pytest.raises(ValueError, match="target must be"):

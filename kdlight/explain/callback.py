@@ -20,12 +20,12 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from kdlight.artifacts import log_figure, log_table
+from kdlight.artifacts import log_image, log_table
 from kdlight.cache import data_fingerprint, teacher_fingerprint
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
 from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, is_pure, method_names
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
-from kdlight.explain.plots import explanation_figure
+from kdlight.explain.plots import explanation_image
 from kdlight.explain.surrogate import fit_surrogate
 from kdlight.reinit import reinitialized
 
@@ -459,12 +459,12 @@ class ExplanationAgreement(Callback):
             return
         n = min(self.num_images, len(x))
         labels = [f"y={int(y[i])} t={int(t_logits[i].argmax())} s={int(s_logits[i].argmax())}" for i in range(n)]
-        figure = explanation_figure(
+        image = explanation_image(
             x[:n].cpu(), t_maps[:n].cpu(), s_maps[:n].cpu(), labels=labels,
             feature_names=getattr(trainer.datamodule, "feature_names", None),
             title=f"{method} ({split}, epoch {epoch})",
         )
-        log_figure(trainer, f"{split}/explain/{method}/heatmaps", figure, epoch)
+        log_image(trainer, f"{split}/explain/{method}/heatmaps", image, epoch)
 
 
 def _unhooked_copy(model: torch.nn.Module) -> torch.nn.Module | None:

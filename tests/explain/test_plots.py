@@ -8,8 +8,10 @@ import torch
 from matplotlib.figure import Figure
 
 from kdlight.explain.plots import (
+    _mosaic,
     agreement_over_epochs_figure,
     explanation_figure,
+    explanation_image,
     figure_to_array,
     input_kind,
     save_figure,
@@ -40,14 +42,13 @@ def test_explanation_figure_grid(kind):
     names = [f"feat{j}" for j in range(x.shape[1])] if kind == "tabular" else None
     fig = explanation_figure(x, t, s, labels=labels, feature_names=names, title=kind)
     assert isinstance(fig, Figure)
-    if kind == "image":  # one RGB mosaic: rows are samples, columns input | teacher | student
+    if kind == "image":  # one raster (Pillow), no axes: the figure shows exactly explanation_image's pixels
         (ax,) = fig.axes
-        (image,) = ax.images
-        h, w = x.shape[2:]
-        gap = max(1, h // 8)
-        assert image.get_array().shape == (n * (h + gap) - gap, 3 * (w + gap) - gap, 3)
-        assert [tick.get_text() for tick in ax.get_yticklabels()] == labels
-        assert [tick.get_text() for tick in ax.get_xticklabels()] == ["input", "teacher", "student"]
+        assert len(ax.images) == 1 and not ax.axison
+        image = explanation_image(x, t, s, labels=labels, title=kind)
+        assert np.array_equal(figure_to_array(fig), image)
+        unlabelled = explanation_image(x, t, s, title=kind)
+        assert image.shape[1] == unlabelled.shape[1] == 500 and not np.array_equal(image, unlabelled)
         return
     assert len(fig.axes) == n * 3
     rows = {ax.get_subplotspec().rowspan.start for ax in fig.axes}
@@ -65,8 +66,8 @@ def test_image_maps_share_a_symmetric_scale_per_row():
 
     x, t, s = _maps((2, 1, 5, 5))
     s[0] = 3 * s[0]  # row 0: the student's map sets the scale; row 1 its own scale
-    fig = explanation_figure(x, t, s)
-    mosaic = fig.axes[0].images[0].get_array()
+    mosaic, gap = _mosaic(x.numpy(), t.numpy(), s.numpy())
+    assert gap == 1 and mosaic.shape == (2 * 5 + 1, 3 * 5 + 2, 3)
     cmap = matplotlib.colormaps["RdBu_r"]
     for row in range(2):
         m = float(torch.cat([t[row], s[row]]).abs().max())
@@ -100,6 +101,22 @@ def test_wrong_shapes_raise():
     with pytest.raises(ValueError, match="feature_names"):
         explanation_figure(*_maps((2, 5)), feature_names=["a", "b"])
     assert len(explanation_figure(x, t, s, feature_names=["a", "b"]).axes) == 1  # ignored for images
+
+
+@pytest.mark.parametrize("size", [8, 32, 224])
+def test_image_mosaic_fits_the_width_whatever_the_image_size(size):
+    x, t, s = _maps((2, 3, size, size))
+    image = explanation_image(x, t, s, labels=["a", "b"], title="t")
+    assert image.dtype == np.uint8 and image.shape[1] == 500
+    mosaic, _ = _mosaic(x.numpy(), t.numpy(), s.numpy())
+    drawn = (image < 250).any(axis=2)  # non-white pixels: the mosaic (plus text) is wider than half the canvas
+    columns = np.flatnonzero(drawn.any(axis=0))
+    assert columns.max() < 500 and columns.max() - columns.min() > 250
+
+
+def test_signal_image_is_the_rendered_figure():
+    x, t, s = _maps(SHAPES["signal"])
+    assert np.array_equal(explanation_image(x, t, s), figure_to_array(explanation_figure(x, t, s)))
 
 
 def test_zero_maps_do_not_break():

@@ -1,0 +1,42 @@
+"""kdlight.artifacts: images and figures reach every kind of logger."""
+from __future__ import annotations
+
+import numpy as np
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+
+from kdlight.artifacts import log_figure, log_image
+from kdlight.explain.plots import explanation_figure, figure_to_array
+
+
+def _trainer(logger) -> Trainer:
+    return Trainer(logger=logger, accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False)
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(12, 20, 3), dtype=np.uint8)
+
+
+def test_csv_logger_gets_a_png_with_the_same_pixels(tmp_path):
+    image = _image()
+    (path,) = log_image(_trainer(CSVLogger(tmp_path, name="run")), "val/explain/saliency/heatmaps", image, epoch=3)
+    assert path.endswith("val_explain_saliency_heatmaps_epoch003.png")
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), image)
+
+
+def test_tensorboard_gets_the_image_itself(tmp_path, monkeypatch):
+    logger = TensorBoardLogger(tmp_path, name="run")
+    calls = []
+    monkeypatch.setattr(logger.experiment, "add_image", lambda *args, **kwargs: calls.append((args, kwargs)))
+    image = _image()
+    assert log_image(_trainer(logger), "val/x", image, epoch=2) == []  # no PNG file needed
+    ((args, kwargs),) = calls
+    assert args[0] == "val/x" and args[1] is image and kwargs == {"global_step": 2, "dataformats": "HWC"}
+
+
+def test_log_figure_logs_the_rendered_figure(tmp_path):
+    rng = np.random.default_rng(1)
+    figure = explanation_figure(*(rng.normal(size=(2, 1, 30)).astype(np.float32) for _ in range(3)))
+    (path,) = log_figure(_trainer(CSVLogger(tmp_path, name="run")), "val/fig", figure, epoch=0)
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), figure_to_array(figure))
