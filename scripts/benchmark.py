@@ -922,14 +922,16 @@ def callback_rows(cb: dict) -> list[tuple]:
             rows.append(("2", f"fit {epochs} epochs, kd.yaml trainer, no callback (baseline)",
                          f"{w0:.2f} s ({spread(cb['walls'][base_key])})", "itself", "", ""))
         share = (walls[key] - w0) / walls[key]
+        paired = median([(w - b) / w for w, b in zip(cb["walls"][key], cb["walls"][base_key])])
         calls = cb["parts"][key][0]["calls"] if cb["parts"][key] else 0
-        verdict = "" if goal is None else f"<= 10 %: {'met' if share <= goal else 'NOT met'}"
+        verdict = "" if goal is None else f"<= 10 %: {'met' if max(share, paired) <= goal else 'NOT met'}"
         rows.append((
             "2",
-            f"fit {epochs} epochs + ExplanationAgreement {label}: callback share = (with - without)/with",
+            f"fit {epochs} epochs + ExplanationAgreement {label}: callback share = (with - without)/with, "
+            "of the fastest fits; in brackets the median over repeats of each repeat's share",
             f"{walls[key]:.2f} s ({spread(cb['walls'][key])}), {calls} callback run(s)",
             f"without {w0:.2f} s",
-            f"{100 * share:.1f} %",
+            f"{100 * share:.1f} % ({100 * paired:.1f} %)",
             verdict,
         ))
     parts = cb["parts"].get("shipped") or []
@@ -1101,7 +1103,7 @@ def parse_args(argv=None):
         )
         for name in workloads
     }
-    args.repeats_config = 3 if q else 5
+    args.repeats_config = 3 if q else 7
     args.every1_epochs = 2 if q else 5
     args.ig_steps = [8, 32, 64] if q else [8, 32, 128, 512]
     args.ig_none_max = 32 if (q and args.device == "cpu") else 10**9

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import logging
 import os
+import sys
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,7 +61,8 @@ class ExplanationAgreement(Callback):
 
     During ``fit`` the teacher's side is computed on a background thread from the start of
     training, so it overlaps the first epochs instead of adding to the first run
-    (``teacher_in_background``). The job explains a copy of the teacher's modules that shares its
+    (``teacher_in_background``); on Linux the job's thread has the lowest CPU priority, so it uses
+    only CPU time training leaves idle. The job explains a copy of the teacher's modules that shares its
     weights but none of its hooks (objectives such as Hint hook the teacher) or train/eval flags. It
     runs only where that is safe: single-device and DDP strategies on CPU or CUDA, target
     ``teacher`` or ``label``, no global module hooks, and methods that draw no random numbers and
@@ -297,6 +299,7 @@ class ExplanationAgreement(Callback):
 
     def _teacher_sides(self, methods: list[str], teacher, x: Tensor, y: Tensor, train_inputs) -> None:
         """(Background thread.) Fill the teacher cache for ``methods``, as a run would."""
+        _lowest_cpu_priority()
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
             target = self._predict(teacher, x).argmax(-1) if self.target == "teacher" else y
             for method in methods:
@@ -465,6 +468,16 @@ class ExplanationAgreement(Callback):
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_image(trainer, f"{split}/explain/{method}/heatmaps", image, epoch)
+
+
+def _lowest_cpu_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux, where niceness is per thread), so a
+    background job takes only CPU time that training leaves idle."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # not permitted here: the job runs at normal priority
+            pass
 
 
 def _unhooked_copy(model: torch.nn.Module) -> torch.nn.Module | None:

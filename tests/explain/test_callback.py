@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import threading
 
 import pandas as pd
@@ -429,3 +431,20 @@ def test_background_job_ignores_the_objective_s_hooks_on_the_teacher(objective, 
         assert (threads["saliency"] != {threading.main_thread().name}) is background
         weights.append(module.student.state_dict())
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_background_job_runs_at_the_lowest_cpu_priority(digits, teacher_checkpoint, monkeypatch):
+    callback = small_callback(methods=["saliency"], log_images=False)
+    priorities = []
+    real = callback._completed
+
+    def spy(*args, **kwargs):
+        priorities.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback, "_completed", spy)
+    tiny_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
+    ((name, priority),) = priorities
+    assert name != threading.main_thread().name and priority == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the main thread keeps its own
