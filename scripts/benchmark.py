@@ -21,8 +21,10 @@ Sections (every figure is a ratio against a baseline timed or measured in this s
    ``configs/digits/kd.yaml`` (read from the file: the callback's init_args, the trainer's
    max_epochs / log_every_n_steps / deterministic, CSVLogger, ModelCheckpoint, the model, data
    and optimizer), the same with ``log_images=False``, and at ``every_n_epochs=1`` (against its
-   own shorter baseline); plus where the callback's time goes (attribution, chance level,
-   faithfulness, surrogate per run; per-class tables and figures once per fit).
+   own shorter baseline), with ``teacher_in_background=False`` and with a warm ``teacher_cache_dir``
+   (a later student of the teacher); plus where the callback's time on the training thread goes
+   (attribution, chance level, faithfulness, surrogate per run; per-class tables and figures once
+   per fit) and how long the background job for the teacher's side took.
 3. Peak memory of integrated gradients (``kdlight.explain.attribute``) as ``n_steps`` grows, with
    ``internal_batch_size=64`` and with ``None`` (all steps in one forward): CUDA
    ``max_memory_allocated``; on CPU the peak RSS growth (VmHWM after reset, or ru_maxrss) in a
@@ -34,7 +36,7 @@ Sections (every figure is a ratio against a baseline timed or measured in this s
    a cache, and with ``teacher_cache="memory"``, for each selected workload, with the Trainer
    settings of section 1.
 
-Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 4.5-5
+Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 8
 minutes on 2 CPU cores, longer when they are busy), ``--quick`` (about 1-1.5 minutes),
 ``--sections 1 --workload cifar`` for one section and workload, ``--out table.md`` to also write
 the table to a file. Results and their reading: BENCHMARKS.md.
