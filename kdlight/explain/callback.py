@@ -1,11 +1,9 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
-import sys
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +21,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from kdlight.artifacts import log_image, log_table
 from kdlight.cache import data_fingerprint, teacher_fingerprint
+from kdlight.explain.background import lowest_cpu_priority, unhooked_copy
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
 from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, is_pure, method_names
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
@@ -37,7 +36,6 @@ FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
 #: part of every teacher_cache_dir key: bump it when how maps or faithfulness are computed changes
 TEACHER_CACHE_VERSION = "1"
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 log = logging.getLogger(__name__)
 
 
@@ -287,7 +285,7 @@ class ExplanationAgreement(Callback):
         if not methods or not runs_ahead or not trainer.val_dataloaders or self._teacher_job is not None:
             return
         x, y = self._probe_batch(trainer, "val")  # also: too many probes fails here, not epochs later
-        teacher = _unhooked_copy(pl_module.teacher)
+        teacher = unhooked_copy(pl_module.teacher)
         if teacher is None:
             return
         x, y = x.to(pl_module.device), y.to(pl_module.device)
@@ -299,7 +297,7 @@ class ExplanationAgreement(Callback):
 
     def _teacher_sides(self, methods: list[str], teacher, x: Tensor, y: Tensor, train_inputs) -> None:
         """(Background thread.) Fill the teacher cache for ``methods``, as a run would."""
-        _lowest_cpu_priority()
+        lowest_cpu_priority()
         with torch.cuda.device(x.device) if x.device.type == "cuda" else nullcontext():
             target = self._predict(teacher, x).argmax(-1) if self.target == "teacher" else y
             for method in methods:
@@ -468,36 +466,6 @@ class ExplanationAgreement(Callback):
             title=f"{method} ({split}, epoch {epoch})",
         )
         log_image(trainer, f"{split}/explain/{method}/heatmaps", image, epoch)
-
-
-def _lowest_cpu_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux, where niceness is per thread), so a
-    background job takes only CPU time that training leaves idle."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:  # not permitted here: the job runs at normal priority
-            pass
-
-
-def _unhooked_copy(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A copy of ``model``'s modules in eval mode that shares its parameters and buffers but none
-    of its forward/backward hooks (e.g. the feature taps of a Hint objective, which would capture
-    the background thread's activations). ``None`` when global module hooks are set (they fire on
-    every module) or the model cannot be copied."""
-    from torch.nn.modules import module as nn_module
-
-    if any(getattr(nn_module, f"_global{name}", None) for name in _HOOK_DICTS):
-        return None
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    try:
-        clone = copy.deepcopy(model, memo=shared)
-    except Exception:  # noqa: BLE001 -- a model that cannot be copied is explained in the run
-        return None
-    for module in clone.modules():
-        for name in _HOOK_DICTS:
-            getattr(module, name).clear()
-    return clone.eval()
 
 
 def _probe_key(x: Tensor, target: Tensor) -> str:
