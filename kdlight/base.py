@@ -58,6 +58,14 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
+def confusion_counts(target: Tensor, predicted: Tensor, num_classes: int) -> Tensor:
+    """``[C, C]`` counts, rows the target class and columns the prediction, as a float32 product of
+    one-hot matrices (exact below 2**24 per batch). ``torch.bincount`` would read its input's
+    maximum back to the host: one GPU sync per training step."""
+    classes = torch.arange(num_classes, device=target.device)
+    return (target[:, None] == classes).T.float() @ (predicted[:, None] == classes).float()
+
+
 def accuracy_and_macro_f1(confusion: Tensor) -> tuple[Tensor, Tensor]:
     """Accuracy and macro-F1 from a confusion matrix ``[true, predicted]``; macro-F1 averages
     over the classes that occur as a label or a prediction."""
@@ -138,10 +146,8 @@ class SupervisedBase(LightningModule):
         log.window += values
         log.steps += 1
         if logits is not None and target is not None and len(target):
-            num_classes = logits.shape[-1]
-            flat = target * num_classes + logits.detach().argmax(-1)
-            counts = torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-            log.confusion = counts if log.confusion is None else log.confusion.add_(counts)
+            counts = confusion_counts(target, logits.detach().argmax(-1), logits.shape[-1])
+            log.confusion = counts.double() if log.confusion is None else log.confusion.add_(counts)
         for name, count in (samples or {}).items():
             log.samples[name] = log.samples.get(name, 0) + count
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
