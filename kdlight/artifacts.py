@@ -119,6 +119,15 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     resolved config to W&B and other loggers (:func:`log_config`). Use it with
     ``LightningCLI(save_config_callback=LoggerSaveConfigCallback)``."""
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+        # in fit, written at on_fit_start: after ModelCheckpoint's setup, which warns about a
+        # non-empty checkpoint directory (this run's own config.yaml, when they share it)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().setup(trainer, pl_module, "fit")
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         log_config(trainer, config)

@@ -1,6 +1,7 @@
 """The ``kdlight`` command: a LightningCLI with fit / validate / test / predict."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -47,6 +48,11 @@ class KDLightCLI(LightningCLI):
             init_args["teacher_checkpoint"] = None
 
 
+def _drop_litlogger_tip(record: logging.LogRecord) -> bool:
+    """Logging filter: Lightning prints an advertisement for its hosted logger on every run."""
+    return "litlogger" not in record.getMessage()
+
+
 def root_cause(err: BaseException) -> BaseException:
     """The innermost exception of an ``raise ... from ...`` chain."""
     while err.__cause__ is not None:
@@ -60,6 +66,9 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
     Problems a user can fix print one line (``kdlight: error: ...``) and exit with status 1; set
     ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
     """
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_litlogger_tip not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_drop_litlogger_tip)
     try:
         return KDLightCLI(args=args)
     except USER_ERRORS as err:

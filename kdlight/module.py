@@ -1,6 +1,7 @@
 """DistillationModule: a frozen teacher, a trainable student and a configurable objective."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +88,23 @@ class DistillationModule(SupervisedBase):
         super().train(mode)
         self.teacher.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        """Lightning warns about modules in eval mode when training starts; the frozen teacher's
+        are meant to be. Silence that warning for exactly the teacher's count, so any other module
+        in eval mode (a student's) still shows it."""
+        super().on_fit_start()
+        in_eval = [name for name, module in self.named_modules() if not module.training]
+        if in_eval and all(name == "teacher" or name.startswith("teacher.") for name in in_eval):
+            self._quiet_teacher_warning = warnings.catch_warnings()
+            self._quiet_teacher_warning.__enter__()
+            warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training")
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        quiet = self.__dict__.pop("_quiet_teacher_warning", None)
+        if quiet is not None:  # the check has run
+            quiet.__exit__(None, None, None)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.student.parameters()

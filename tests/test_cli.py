@@ -97,3 +97,22 @@ def test_optimizer_comes_from_the_model_config():
                   "--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1", *FAST)
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_first_fit_of_a_shipped_config_is_quiet(tmp_path, monkeypatch, caplog):
+    """No 'checkpoint directory is not empty' warning for the run's own config.yaml (it is written
+    after ModelCheckpoint's check), no warning for the frozen teacher's eval mode, no litlogger
+    advertisement; Lightning's other messages still show, and config.yaml is still written."""
+    import logging
+    import warnings
+
+    monkeypatch.chdir(tmp_path)  # the config's run directories are relative
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    run_cli("fit", "-c", str(DIGITS / "teacher.yaml"), *short)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), *short)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is not empty" in m or "in eval mode" in m], messages
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+    assert (tmp_path / "runs" / "digits" / "kd" / "config.yaml").is_file()

@@ -1,6 +1,8 @@
 """DistillationModule: frozen teacher, optimizer contents, logging, metrics, errors."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,19 @@ def test_cross_entropy_only_objective_needs_no_teacher_signal(digits):
     trainer = tiny_trainer(max_steps=2, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     assert "train/loss_ce" in trainer.callback_metrics and "train/loss_kd" not in trainer.callback_metrics
+
+
+def _eval_mode_warnings(module, digits) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1).fit(module, datamodule=digits)
+    return [str(w.message) for w in caught if "in eval mode at the start of training" in str(w.message)]
+
+
+def test_frozen_teacher_does_not_trip_lightning_s_eval_mode_warning(digits):
+    adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
+    assert _eval_mode_warnings(DistillationModule(digits_teacher(), digits_student(), optimizer=adam), digits) == []
+    student = digits_student()
+    student.conv1.eval()  # a student module left in eval mode is a real problem: still warned
+    student.train = lambda mode=True: student  # keep it there when Lightning calls train()
+    assert len(_eval_mode_warnings(DistillationModule(digits_teacher(), student, optimizer=adam), digits)) == 1
