@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from kdlight.errors import check_finite_loss
+from kdlight.rng import rng_state, set_rng_state
 
 try:  # set by LightningCLI while it instantiates the model: the config with class paths
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -186,6 +187,19 @@ class SupervisedBase(LightningModule):
 
     def on_train_start(self) -> None:
         self._train_log.window_start = self.global_step  # a resumed fit starts at its checkpoint's step
+        state = self.__dict__.pop("_resumed_rng_state", None)
+        if state is not None and self.trainer.world_size == 1:
+            set_rng_state(state)  # dropout and augmentation draw on as in an uninterrupted run
+
+    # -- random state in checkpoints ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the RNG states: Lightning saves none, so dropout draws after a resume would differ.
+        Under DDP only rank zero's state is saved, and a resumed multi-process fit re-seeds instead."""
+        checkpoint["kdlight_rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied at on_train_start: the sanity check and data set-up in between draw too
+        self._resumed_rng_state = checkpoint.get("kdlight_rng_state")
 
     def on_train_epoch_end(self) -> None:
         self._flush_epoch()

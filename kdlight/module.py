@@ -191,10 +191,12 @@ class DistillationModule(SupervisedBase):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["kdlight_feature_shapes"] = self._feature_shapes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the objective's trainable parts from the saved feature shapes before loading."""
+        super().on_load_checkpoint(checkpoint)
         shapes = checkpoint.get("kdlight_feature_shapes")
         if not shapes:
             return

@@ -10,9 +10,9 @@ What makes this exact (``deterministic: true`` in the configs):
   regressor, rebuilt in ``on_load_checkpoint`` before its weights are loaded), the optimizer state
   and the epoch, which drives epoch-dependent schedules (DKD's warm-up).
 
-Not covered (and not exact): models with dropout or randomly augmented data. Lightning does not
-save the global RNG state in checkpoints, and the CLI re-seeds it at start, so random draws after a
-resume differ from an uninterrupted run.
+* the checkpoint also holds the RNG states (torch, CUDA, numpy, Python; Lightning saves none),
+  restored when training starts, so dropout draws on as in an uninterrupted run (single process;
+  under DDP a resumed fit re-seeds).
 """
 from __future__ import annotations
 
@@ -157,13 +157,14 @@ def straight(teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("straight")
     done: dict[str, dict] = {}
 
-    def get(config: str) -> dict:
-        if config not in done:
-            with working_dir(root / config):
+    def get(config: str, *extra: str) -> dict:
+        key = " ".join((config, *extra))
+        if key not in done:
+            with working_dir(root / key.replace(" ", "_").replace("=", "-")) as where:
                 place_teacher(teacher)
-                cli = fit(config, f"--trainer.max_epochs={EPOCHS}")
-                done[config] = {"dir": root / config, "final": final_state(cli), "rows": csv_rows(run_dir(config))}
-        return done[config]
+                cli = fit(config, f"--trainer.max_epochs={EPOCHS}", *extra)
+                done[key] = {"dir": where, "final": final_state(cli), "rows": csv_rows(run_dir(config))}
+        return done[key]
 
     return get
 
@@ -210,6 +211,17 @@ def test_stopped_and_resumed_fit_equals_uninterrupted_fit(config, teacher, strai
     else:  # the regressor was restored and kept training, not rebuilt from scratch
         state = cli.model.objective.state_dict()
         assert any(k.startswith("parts.1.regressor.") for k in state)
+
+
+def test_resumed_fit_with_a_dropout_student_equals_uninterrupted_fit(teacher, straight, tmp_path):
+    """Dropout draws random numbers every step: the checkpoint's RNG state, restored when training
+    starts, makes them continue as in the uninterrupted run."""
+    dropout = "--model.init_args.student.init_args.dropout=0.3"
+    with working_dir(tmp_path / "resumed"):
+        place_teacher(teacher)
+        fit("kd", "--trainer.max_epochs=2", dropout)
+        cli, rows = resume("kd", dropout)
+    assert_same_end(straight("kd", dropout), cli, rows)
 
 
 class KillInEpoch(Callback):

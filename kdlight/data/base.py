@@ -171,6 +171,7 @@ class ArrayDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=_loader_generator(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
@@ -190,6 +191,7 @@ class ArrayDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=_loader_generator(self.seed + 1),
         )
         return {"labeled": labeled, "transfer": loader}
 
@@ -224,3 +226,10 @@ class ArrayDataModule(L.LightningDataModule):
     def split_sizes(self) -> dict[str, int]:
         """Number of samples per split."""
         return {name: len(y) for name, (_, y) in self._ensure_splits().items()}
+
+
+def _loader_generator(seed: int) -> torch.Generator:
+    """The loader's own generator: a DataLoader draws its workers' base seed each time it is
+    iterated, from the global RNG when it has none. With its own, iterating loaders (validation
+    every epoch, the loader made before a resumed fit) leaves the global RNG, and so dropout, alone."""
+    return torch.Generator().manual_seed(seed)
