@@ -1142,7 +1142,8 @@ def notes_lines(cfg, sections: set[str], results: dict) -> list[str]:
             shipped_parts = cb["parts"].get("shipped") or [{}]
             wrapped = ", ".join(shipped_parts[0].get("wrapped", {}).values()) or "nothing"
             notes.append(
-                f"Section 2: fastest (min) of {cfg.repeats_config} fits per setting, interleaved; read from "
+                f"Section 2: fastest (min) of {cfg.repeats_config} fits per setting, interleaved (shares in brackets: "
+                "median over repeats of each repeat's own share); read from "
                 f"{KD_YAML.relative_to(REPO)}: ExplanationAgreement({explain_text}), max_epochs={ship.max_epochs}{ran}, "
                 f"log_every_n_steps={ship.log_every_n_steps}, deterministic={ship.deterministic}, seed {ship.seed}, "
                 f"CSVLogger, {other_callbacks}, {ship.model['class_path'].rsplit('.', 1)[-1]} with {ship.optimizer_text()}, "
@@ -1152,7 +1153,8 @@ def notes_lines(cfg, sections: set[str], results: dict) -> list[str]:
                 "its own baseline. teacher_cache_dir=auto resolves to memory-only here (no teacher checkpoint), "
                 "so the shipped rows are a first student of this teacher; the 'warm' row (only when kd.yaml sets "
                 "teacher_cache_dir) points it at a directory the untimed warm-up fit filled. Parts: mean over the "
-                f"shipped-settings fits, by wrapping {wrapped} (self time; run inclusive); artifacts are drawn once "
+                f"shipped-settings fits, by wrapping {wrapped} (self time on the training thread; run inclusive; "
+                "_teacher_sides, the background job for the teacher's side, timed whole); artifacts are drawn once "
                 "per fit (on_fit_end).")
     if "3" in sections:
         how = ("CUDA max_memory_allocated, median of 3" if cfg.device == "cuda"
