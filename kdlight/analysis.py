@@ -2,7 +2,8 @@
 
 A *run* is the folder one ``kdlight fit`` wrote its logs to:
 
-* a **CSVLogger run directory** (the ``configs/`` default, e.g. ``runs/digits/kd``):
+* a **CSVLogger run directory** (the ``configs/`` default, e.g. ``runs/digits/kd/version_0``;
+  ``load_run("runs/digits/kd")`` takes the run's newest completed fit, see :mod:`kdlight.runs`):
   ``metrics.csv``, ``hparams.yaml``, ``config.yaml`` (LightningCLI's resolved config),
   ``explain/*.csv|png`` (per-class tables and heatmap figures written by :mod:`kdlight.artifacts`)
   and usually the ``*.ckpt`` files;
@@ -39,6 +40,7 @@ from matplotlib.ticker import MaxNLocator
 
 from kdlight.artifacts import CLI_CONFIG_KEY  # the W&B config key of the resolved CLI config
 from kdlight.explain.plots import agreement_over_epochs_figure, explanation_figure
+from kdlight.runs import latest_version
 
 __all__ = [
     "Run",
@@ -314,7 +316,8 @@ def _checkpoints(run_dir: Path, config: dict[str, Any]) -> list[Path]:
             dirpath = (callback.get("init_args") or {}).get("dirpath")
             if dirpath and Path(dirpath).is_dir():
                 found.update(Path(dirpath).glob("*.ckpt"))
-    return sorted(found, key=lambda p: (not p.name.startswith("best"), str(p)))
+    unique = {p.resolve(): p for p in sorted(found, key=str, reverse=True)}  # one entry per file
+    return sorted(unique.values(), key=lambda p: (not p.name.startswith("best"), str(p)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -498,13 +501,16 @@ def _load_wandb_run(path: Path, wandb_file: Path) -> Run:
 # public loaders
 # ------------------------------------------------------------------------------------------
 _EXPECTED = (
-    "metrics.csv (a CSVLogger run directory, e.g. runs/digits/kd) or run-<id>.wandb "
+    "metrics.csv (a CSVLogger run directory, e.g. runs/digits/kd/version_0) or run-<id>.wandb "
     "(a W&B run directory, e.g. <save_dir>/wandb/offline-run-<date>-<id>)"
 )
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a finished run directory (CSVLogger or W&B, see the module notes) into a :class:`Run`."""
+    """Load a finished run directory (CSVLogger or W&B, see the module notes) into a :class:`Run`.
+
+    A ``run_dir`` (``runs/digits/kd``) loads its newest completed fit (its ``latest`` link, else its
+    highest ``version_<n>``); a ``version_<n>`` directory loads that version."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"run directory {path} does not exist")
@@ -512,6 +518,9 @@ def load_run(path: str | Path) -> Run:
         raise NotADirectoryError(f"{path} is a file; give the run directory that holds {_EXPECTED}")
     if (path / "metrics.csv").is_file():
         return _load_csv_run(path)
+    version = latest_version(path)  # a run_dir: its newest completed fit (kdlight.runs)
+    if version is not None and (version / "metrics.csv").is_file():
+        return _load_csv_run(version)
     wandb_file = _wandb_file(path)
     if wandb_file is not None:
         return _load_wandb_run(path, wandb_file)

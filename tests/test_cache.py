@@ -1,6 +1,11 @@
 """Teacher-output cache: same training, fewer teacher passes, never stale."""
 from __future__ import annotations
 
+import os
+import time
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, seed_everything
@@ -8,19 +13,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
+from kdlight.cache import TeacherCache, _host
 from kdlight.data import DigitsDataModule
 from kdlight.objectives import KD, Composite, Hint
 
 
-def fit(datamodule, epochs=3, teacher_state=None, **kwargs):
+def fit(datamodule, epochs=3, teacher_state=None, objective=None, **kwargs):
     seed_everything(0, verbose=False)
     teacher = digits_teacher()
     if teacher_state is not None:
         teacher.load_state_dict(teacher_state)
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
+    objective = objective if objective is not None else Composite([KD(), Hint("conv2", "conv2")])
     module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                objective=Composite([KD(), Hint("conv2", "conv2")]), **kwargs)
+                                objective=objective, random_teacher=True, **kwargs)
     tiny_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, datamodule=datamodule)
     return module, len(calls)
 
@@ -101,7 +108,7 @@ def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
     teacher = digits_teacher()
     rows = []
     module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                teacher_cache="memory")
+                                teacher_cache="memory", random_teacher=True)
     teacher.register_forward_hook(lambda _m, inputs, _o: rows.append(len(inputs[0])))
     tiny_trainer(max_epochs=3, limit_val_batches=0).fit(module, datamodule=data)
     seen = [set(data.sampler.shard(epoch)) for epoch in range(3)]
@@ -122,7 +129,8 @@ def _validation_run(**kwargs):
     teacher = digits_teacher()
     calls = []
     teacher.register_forward_hook(lambda module, *_: calls.append(module.training))
-    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **kwargs)
+    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+                                random_teacher=True, **kwargs)
     history = []
 
     class Record(Callback):
@@ -149,7 +157,7 @@ def test_validation_cache_recomputes_a_batch_that_changed():
     teacher = digits_teacher()
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
-    module = DistillationModule(teacher, digits_student(), teacher_cache="memory")
+    module = DistillationModule(teacher, digits_student(), random_teacher=True, teacher_cache="memory")
     module.trainer = type("T", (), {"state": type("S", (), {"fn": "fit"})()})()  # a fit in progress
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
@@ -168,3 +176,117 @@ def test_validation_fingerprint_sees_flips_and_reorderings():
     assert torch.equal(_batch_fingerprint(x), same)
     for changed in (x.flip(-1), x.transpose(-1, -2), x[[1, 0, 2, 3, 4, 5]], x[:5], x + 1e-3):
         assert not torch.equal(_batch_fingerprint(changed), same)
+
+
+# -- the disk copy: atomic writes, unreadable files, the full key, leftovers of killed writers ----
+def _teacher_outputs(module, layer):
+    """The teacher's own logits and ``layer`` output on every training sample."""
+    captured = {}
+    handle = module.teacher.get_submodule(layer).register_forward_hook(lambda _m, _i, out: captured.update(out=out))
+    with torch.no_grad():
+        logits = module.teacher(DigitsDataModule().train_inputs())
+    handle.remove()
+    return logits, captured["out"]
+
+
+def _cache_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "teacher cache" in str(w.message)]
+
+
+def test_unreadable_cache_file_is_rebuilt_with_one_warning(tmp_path):
+    fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
+    (path,) = tmp_path.glob("teacher_cache_*_rank0.pt")
+    path.write_bytes(b"garbage, not a torch file")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        module, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
+    (message,) = _cache_warnings(record)
+    assert message.startswith(f"teacher cache {path} is unreadable (") and message.endswith("rebuilding it from the teacher")
+    assert "\n" not in message and calls > 1
+    logits, _ = _teacher_outputs(module, "conv2")
+    assert torch.allclose(module._cache.logits, logits, atol=1e-5)  # rebuilt from the teacher, not from garbage
+    with warnings.catch_warnings(record=True) as record:  # rewritten: the next run reads it quietly
+        warnings.simplefilter("always")
+        _, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
+    assert not _cache_warnings(record) and calls == 1
+
+
+def _filled_cache(location, size=4, layers=("conv2",), precision="32-true") -> TeacherCache:
+    cache = TeacherCache(size, str(location), "teacher", "data", teacher_layers=layers, precision=precision)
+    cache.store(torch.arange(size), torch.randn(size, 3), {name: torch.randn(size, 2) for name in layers})
+    return cache
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "wrong_shape"])
+def test_truncated_or_foreign_cache_file_is_deleted_and_rebuilt(tmp_path, damage):
+    _filled_cache(tmp_path).end_epoch()
+    (path,) = tmp_path.glob("teacher_cache_*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "foreign":  # e.g. the layout of an older kdlight
+        torch.save({"teacher": "teacher", "size": 4, "valid": torch.ones(4, dtype=torch.bool)}, path)
+    else:
+        other = _filled_cache(tmp_path / "other", size=5)
+        other.size = other.key["size"] = 4  # right key, entries of 5 samples
+        other.end_epoch()
+        path.write_bytes((tmp_path / "other" / path.name).read_bytes())
+    with pytest.warns(UserWarning, match=r"teacher cache .* is unreadable \(.*\); deleting it and rebuilding it") as record:
+        cache = TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2"])
+    assert len(_cache_warnings(record)) == 1 and not cache.complete and not path.exists()
+
+
+def test_cache_key_covers_the_tapped_teacher_layers(tmp_path):
+    """Hint on conv1, then Hint on conv2 over the same cache directory: the second run must not
+    reuse the conv1 features, and gets the teacher's own conv2 features."""
+    fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path), objective=Composite([KD(), Hint("conv1", "conv1")]))
+    with pytest.warns(UserWarning, match=r"built for other tapped teacher layers \(\['conv1'\] vs \['conv2'\]\); rebuilding it"):
+        module, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path),
+                            objective=Composite([KD(), Hint("conv2", "conv2")]))
+    assert calls > 1 and set(module._cache.features) == {"conv2"}
+    logits, conv2 = _teacher_outputs(module, "conv2")
+    assert torch.allclose(module._cache.features["conv2"], conv2, atol=1e-5)
+    assert torch.allclose(module._cache.logits, logits, atol=1e-5)
+
+
+def test_cache_key_covers_precision_and_layers(tmp_path):
+    _filled_cache(tmp_path, layers=("conv1", "conv2")).end_epoch()
+    assert TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2", "conv1", "conv2"]).complete  # order-free
+    with pytest.warns(UserWarning, match=r"built for another precision \(32-true vs bf16-mixed\); rebuilding it"):
+        assert not TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv1", "conv2"], precision="bf16-mixed").complete
+
+
+def test_interrupted_write_leaves_no_half_written_cache(tmp_path, monkeypatch):
+    """The cache is written to a temp file in the same directory and renamed into place."""
+    targets = []
+
+    def killed_save(obj, target):
+        targets.append(Path(target))
+        Path(target).write_bytes(b"PK half a file")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(torch, "save", killed_save)
+    cache = _filled_cache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cache.end_epoch()
+    (target,) = targets
+    assert target.parent == cache.path.parent and target != cache.path
+    assert not cache.path.exists() and list(tmp_path.iterdir()) == []  # no entry, no leftover
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing half-written to warn about
+        assert not TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2"]).complete
+
+
+def test_leftover_temp_files_of_killed_writers_are_removed_at_start(tmp_path):
+    _filled_cache(tmp_path).end_epoch()
+    (path,) = tmp_path.glob("teacher_cache_*.pt")
+    dead = path.with_name(f"{path.name}.tmp-{_host()}-2147483647")  # no such process
+    live = path.with_name(f"{path.name}.tmp-{_host()}-{os.getpid()}")  # a writer still at work
+    remote = path.with_name(f"{path.name}.tmp-otherhost-123")  # another machine's writer, recent
+    stale = tmp_path / "teacher_cache_other_rank1.pt.tmp-otherhost-456"  # untouched for two hours
+    for leftover in (dead, live, remote, stale):
+        leftover.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    cache = TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2"])
+    assert cache.complete  # the real file was read, the leftovers never
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, remote.name])

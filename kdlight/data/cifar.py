@@ -6,8 +6,11 @@ folder (``cifar-10-batches-py`` / ``cifar-100-python``) or at its parent.
 """
 from __future__ import annotations
 
+import codecs
+import importlib
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +33,86 @@ CIFAR100_CLASSES = [
     "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 ]  # fmt: skip
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A CIFAR file names a Python global outside the python-version format (it could run code)."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it for bytes, limited to latin-1."""
+    try:
+        latin1 = codecs.lookup(encoding).name == "iso8859-1"
+    except (LookupError, TypeError):
+        latin1 = False
+    if not latin1 or not isinstance(text, str):
+        raise UnsafePickleError(
+            f"it calls _codecs.encode with encoding {encoding!r}, which the CIFAR python-version format never does"
+        )
+    return text.encode("latin-1")
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """``module.name`` from numpy 2's ``numpy._core`` (or numpy 1's ``numpy.core``), whichever exists."""
+    for prefix in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{prefix}.{module}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"numpy has no {module}.{name}")
+
+
+# The globals the official "python version" files need (numpy arrays inside dicts of bytes/lists/ints),
+# written by numpy 1 (numpy.core) or numpy 2 (numpy._core), with any pickle protocol.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_global("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_global("multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_global("numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_global("numeric", "_frombuffer"),
+    ("_codecs", "encode"): lambda: _latin1_encode,  # bytes in protocols 0-2
+}
+
+
+class CIFARUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR "python version" files that refuses every other global.
+
+    A plain ``pickle.load`` runs whatever code a planted file names; this one only builds numpy
+    arrays, bytes, lists, dicts and numbers, and raises :class:`UnsafePickleError` otherwise.
+    """
+
+    def __init__(self, file: Any, path: Path | str, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        resolve = _CIFAR_GLOBALS.get((module, name))
+        if resolve is None:
+            raise UnsafePickleError(
+                f"refusing to load {self.path}: it references {module}.{name}, which the CIFAR python-version "
+                "format never contains (a tampered or foreign file); replace it with the original from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html"
+            )
+        return resolve()
+
+
+def load_cifar_pickle(path: Path | str) -> Any:
+    """Read one CIFAR "python version" file (``encoding="bytes"``, as the official loader does)
+    with :class:`CIFARUnpickler`, so a tampered file cannot run code."""
+    with open(path, "rb") as f:
+        try:
+            return CIFARUnpickler(f, path, encoding="bytes").load()
+        except UnsafePickleError as err:
+            if str(err).startswith("refusing to load"):
+                raise
+            raise UnsafePickleError(f"refusing to load {path}: {err}") from None
+        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise pickle.UnpicklingError(
+                f"cannot read {path} ({reason}): it is truncated or not a CIFAR python-version file; "
+                "re-extract it from the archive at https://www.cs.toronto.edu/~kriz/cifar.html"
+            ) from None
 
 
 def random_crop_flip(img: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
@@ -136,9 +219,17 @@ class _CIFARDataModule(ArrayDataModule):
 
     @staticmethod
     def _read(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = load_cifar_pickle(path)
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"{path} holds a {type(d).__name__}, not the dict of a CIFAR python-version file; replace it with the original"
+            )
         d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+        missing = [k for k in ("data", label_key) if k not in d]
+        if missing:
+            raise ValueError(
+                f"{path} has no {missing} entries (it has {sorted(map(str, d))}); replace it with the original CIFAR file"
+            )
         data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         return data, np.asarray(d[label_key], dtype=np.int64)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdlight.objectives.base import Objective
+from kdlight.objectives.base import Objective, check_arg
 from kdlight.step import DistillStep, LossTerm
 
 
@@ -17,11 +17,16 @@ class Composite(Objective):
     def __init__(self, terms: list[Objective], scale: list[float] | None = None) -> None:
         super().__init__()
         if not terms:
-            raise ValueError("Composite needs at least one objective in 'terms'")
+            raise ValueError("terms must hold at least one objective, got [] in Composite; list the objectives to combine")
         if scale is not None and len(scale) != len(terms):
-            raise ValueError(f"Composite got {len(terms)} terms but {len(scale)} scale factors")
+            raise ValueError(
+                f"scale must have one factor per term, got {len(scale)} factors for {len(terms)} terms in Composite; "
+                "give one factor per term or leave scale out"
+            )
         self.parts = nn.ModuleList(terms)
-        self.scale = [1.0] * len(terms) if scale is None else [float(s) for s in scale]
+        factors = [1.0] * len(terms) if scale is None else scale
+        fix = "a factor multiplies every weight of its part; use 0 to turn the part off"
+        self.scale = [check_arg("Composite", f"scale[{i}]", s, fix=fix) for i, s in enumerate(factors)]
         self.student_layers = [name for part in terms for name in part.student_layers]
         self.teacher_layers = [name for part in terms for name in part.teacher_layers]
         self.needs_models = any(part.needs_models for part in terms)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlight.explain.methods import TRAINING_MAP_KINDS, input_gradient_map
-from kdlight.objectives.base import Objective
+from kdlight.objectives.base import Objective, check_arg
 from kdlight.schedules import Schedule
 from kdlight.step import DistillStep, LossTerm
 
@@ -32,8 +32,8 @@ class ExplanationMatching(Objective):
         if kind not in TRAINING_MAP_KINDS:
             raise ValueError(f"unknown explanation kind {kind!r}; valid kinds are: {', '.join(TRAINING_MAP_KINDS)}")
         if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        self.kind, self.weight, self.n_steps = kind, weight, n_steps
+            raise ValueError(f"n_steps must be >= 1, got {n_steps} in ExplanationMatching; integrated_gradients uses 8-32 steps")
+        self.kind, self.weight, self.n_steps = kind, check_arg("ExplanationMatching", "weight", weight), n_steps
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.needs_models = True
 

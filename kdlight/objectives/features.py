@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlight.functional.distillation import attention_transfer_loss, pkt_loss, rkd_loss
-from kdlight.objectives.base import Objective
+from kdlight.objectives.base import Objective, check_arg
 from kdlight.schedules import Schedule
 from kdlight.step import DistillStep, LossTerm
 
@@ -44,7 +44,7 @@ class Hint(Objective):
     def __init__(self, student_layer: str, teacher_layer: str, weight: float | Schedule = 100.0, kernel_size: int = 1) -> None:
         super().__init__()
         self.student_layers, self.teacher_layers = [student_layer], [teacher_layer]
-        self.weight, self.kernel_size = weight, kernel_size
+        self.weight, self.kernel_size = check_arg("Hint", "weight", weight), kernel_size
         self.regressor: nn.Module | None = None
         self.shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
@@ -74,11 +74,11 @@ class AttentionTransfer(Objective):
         super().__init__()
         if len(student_layers) != len(teacher_layers) or not student_layers:
             raise ValueError(
-                f"attention transfer needs the same non-zero number of student and teacher layers, "
-                f"got {len(student_layers)} and {len(teacher_layers)}"
+                f"student_layers and teacher_layers must hold the same non-zero number of layers, got "
+                f"{len(student_layers)} and {len(teacher_layers)} in AttentionTransfer; pair each student layer with one teacher layer"
             )
         self.student_layers, self.teacher_layers = list(student_layers), list(teacher_layers)
-        self.weight = weight
+        self.weight = check_arg("AttentionTransfer", "weight", weight)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         losses = [
@@ -96,7 +96,7 @@ class _EmbeddingObjective(Objective):
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.student_layers = [student_layer] if student_layer else []
         self.teacher_layers = [teacher_layer] if teacher_layer else []
-        self.weight = weight
+        self.weight = check_arg(type(self).__name__, "weight", weight)
 
     def embeddings(self, step: DistillStep) -> tuple[Tensor, Tensor]:
         e_s = step.student_features[self.student_layer] if self.student_layer else step.student_logits
@@ -119,7 +119,8 @@ class RKD(_EmbeddingObjective):
         weight: float | Schedule = 1.0,
     ) -> None:
         super().__init__(student_layer, teacher_layer, weight)
-        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+        self.distance_weight = check_arg("RKD", "distance_weight", distance_weight)
+        self.angle_weight = check_arg("RKD", "angle_weight", angle_weight)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         e_s, e_t = self.embeddings(step)

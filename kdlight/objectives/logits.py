@@ -4,28 +4,21 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from kdlight.functional.distillation import dkd_loss, kd_loss
-from kdlight.objectives.base import Objective
+from kdlight.objectives.base import Objective, check_arg
 from kdlight.schedules import LinearWarmup, Schedule, resolve
 from kdlight.step import UNLABELED, DistillStep, LossTerm
 
 
-def check_temperature(temperature: float | Schedule) -> float | Schedule:
-    if isinstance(temperature, Schedule):
-        return temperature
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; KD papers use 1-8 (4 is usual)")
-    return float(temperature)
-
-
-def temperature_at(temperature: float | Schedule, step: DistillStep) -> float:
+def temperature_at(owner: Objective, temperature: float | Schedule, step: DistillStep) -> float:
     """The temperature for this step; a schedule that reaches <= 0 is an error."""
-    return check_temperature(resolve(temperature, step.epoch, step.global_step))
+    return check_arg(
+        type(owner).__name__, "temperature", resolve(temperature, step.epoch, step.global_step), "temperature",
+        fix=f"the schedule reached it at epoch {step.epoch}, step {step.global_step}; keep its values > 0",
+    )
 
 
-def check_fraction(name: str, value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return float(value)
+ALPHA_FIX = "alpha is the share of the KD term and 1 - alpha that of the CE term (0.9 is usual)"
+SMOOTHING_FIX = "0 turns label smoothing off, 0.1 is usual"
 
 
 class CrossEntropy(Objective):
@@ -33,8 +26,8 @@ class CrossEntropy(Objective):
 
     def __init__(self, weight: float | Schedule = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.weight = weight
-        self.label_smoothing = check_fraction("label_smoothing", label_smoothing)
+        self.weight = check_arg("CrossEntropy", "weight", weight)
+        self.label_smoothing = check_arg("CrossEntropy", "label_smoothing", label_smoothing, "fraction", SMOOTHING_FIX)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
@@ -53,12 +46,12 @@ class KD(Objective):
 
     def __init__(self, temperature: float | Schedule = 4.0, alpha: float = 0.9) -> None:
         super().__init__()
-        self.temperature = check_temperature(temperature)
-        self.alpha = check_fraction("alpha", alpha)
+        self.temperature = check_arg("KD", "temperature", temperature, "temperature")
+        self.alpha = check_arg("KD", "alpha", alpha, "fraction", ALPHA_FIX)
         self.ce = CrossEntropy(weight=1.0 - self.alpha)
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
-        kd = kd_loss(step.student_logits, step.teacher_logits, temperature_at(self.temperature, step))
+        kd = kd_loss(step.student_logits, step.teacher_logits, temperature_at(self, self.temperature, step))
         terms = self.ce(step) if self.alpha < 1.0 else []
         return [*terms, LossTerm("kd", kd, self.alpha)]
 
@@ -83,13 +76,14 @@ class DKD(Objective):
     ) -> None:
         super().__init__()
         if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.temperature = check_temperature(temperature)
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs} in DKD; 0 turns the warm-up off")
+        self.alpha = check_arg("DKD", "alpha", alpha, fix="alpha weighs the target-class term TCKD (1.0 is usual)")
+        self.beta = check_arg("DKD", "beta", beta, fix="beta weighs the non-target-class term NCKD (8.0 is usual)")
+        self.temperature = check_arg("DKD", "temperature", temperature, "temperature")
         if warmup is None:
             warmup = LinearWarmup(length=warmup_epochs) if warmup_epochs > 0 else 1.0
-        self.warmup_weight = warmup
-        self.ce = CrossEntropy(weight=ce_weight)
+        self.warmup_weight = check_arg("DKD", "warmup", warmup, fix="it multiplies the dkd term (LinearWarmup from 0 to 1 is usual)")
+        self.ce = CrossEntropy(weight=check_arg("DKD", "ce_weight", ce_weight))
 
     def warmup(self, epoch: int, step: int = 0) -> float:
         return resolve(self.warmup_weight, epoch, step)
@@ -97,7 +91,7 @@ class DKD(Objective):
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
             raise ValueError("DKD needs labels: its target-class split uses the ground truth")
-        temperature = temperature_at(self.temperature, step)
+        temperature = temperature_at(self, self.temperature, step)
         labeled = step.target != UNLABELED  # DKD splits by the true class: labeled samples only
         s, t, y = step.student_logits[labeled], step.teacher_logits[labeled], step.target[labeled]
         value = dkd_loss(s, t, y, self.alpha, self.beta, temperature)

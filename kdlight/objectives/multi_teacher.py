@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlight.functional.distillation import kd_loss
-from kdlight.objectives.base import Objective
-from kdlight.objectives.logits import CrossEntropy, check_fraction, check_temperature, temperature_at
+from kdlight.objectives.base import Objective, check_arg
+from kdlight.objectives.logits import ALPHA_FIX, CrossEntropy, temperature_at
 from kdlight.schedules import Schedule
 from kdlight.step import DistillStep, LossTerm
 
@@ -52,8 +52,8 @@ class MultiTeacherKD(Objective):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.num_teachers, self.mode = num_teachers, mode
-        self.temperature = check_temperature(temperature)
-        self.alpha = check_fraction("alpha", alpha)
+        self.temperature = check_arg("MultiTeacherKD", "temperature", temperature, "temperature")
+        self.alpha = check_arg("MultiTeacherKD", "alpha", alpha, "fraction", ALPHA_FIX)
         self.ce = CrossEntropy(weight=1.0 - self.alpha)
         self.teacher_layers = [f"members.{i}" for i in range(num_teachers)]
 
@@ -79,7 +79,7 @@ class MultiTeacherKD(Objective):
         return [step.teacher_features[name] for name in self.teacher_layers]
 
     def forward(self, step: DistillStep) -> list[LossTerm]:
-        temperature = temperature_at(self.temperature, step)
+        temperature = temperature_at(self, self.temperature, step)
         logits = self.member_logits(step)
         terms = self.ce(step) if self.alpha < 1.0 else []
         if self.mode == "average":
