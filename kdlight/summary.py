@@ -46,7 +46,8 @@ class FitSummary(Callback):
     it has one, else ``val/acc`` / ``max``) and, at that epoch, the top-1 agreement with the teacher
     (``val/agreement``), the teacher's accuracy and, per explanation method, the rank correlation
     with its chance level. Explanation metrics come from the nearest epoch on which
-    :class:`kdlight.explain.ExplanationAgreement` ran (it may run every N epochs), named as such.
+    :class:`kdlight.explain.ExplanationAgreement` ran (every N epochs and after the last one of
+    ``fit``, also when ``fit`` stops early), and the summary names that epoch.
     Then the best checkpoint and the run directory.
 
     After ``fit``, :attr:`summary` holds the numbers as a dict and :attr:`text` the printed text.
@@ -70,20 +71,30 @@ class FitSummary(Callback):
 
     # -- recording -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.history, self.explained, self._seen_results = {}, {}, {}
+        self.history, self.explained = {}, {}
+        self._seen_results = {}
+        self._fresh_explanations(trainer)  # results left from an earlier run are not this fit's
         self.summary, self.text = {}, ""
 
-    def _fresh_explanations(self, trainer: Trainer) -> dict[str, float]:
-        """Scalars of ExplanationAgreement callbacks that ran in this validation epoch."""
-        fresh: dict[str, float] = {}
+    def _fresh_explanations(self, trainer: Trainer) -> list[tuple[int | None, dict[str, float]]]:
+        """``(epoch, scalars)`` of each ExplanationAgreement callback that ran since the last look;
+        ``epoch`` is the callback's ``last_epoch`` (``None`` if it does not say)."""
+        fresh: list[tuple[int | None, dict[str, float]]] = []
         for callback in trainer.callbacks:
             results = getattr(callback, "last_results", None)
             if not isinstance(results, dict) or not hasattr(callback, "methods"):
                 continue
             if results and self._seen_results.get(id(callback)) != id(results):
                 self._seen_results[id(callback)] = id(results)
-                fresh.update({k: v for k, v in results.items() if k.startswith(_EXPLAIN)})
+                epoch = getattr(callback, "last_epoch", None)
+                fresh.append((epoch if isinstance(epoch, int) else None,
+                              {k: v for k, v in results.items() if k.startswith(_EXPLAIN)}))
         return fresh
+
+    def _record_explanations(self, trainer: Trainer, default_epoch: int) -> None:
+        for epoch, results in self._fresh_explanations(trainer):
+            if results:
+                self.explained.setdefault(default_epoch if epoch is None else epoch, {}).update(results)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -94,9 +105,7 @@ class FitSummary(Callback):
             if v is not None and k.startswith("val/") and not k.startswith(_EXPLAIN)
         }
         self.history[epoch] = values
-        fresh = self._fresh_explanations(trainer)
-        if fresh:
-            self.explained[epoch] = fresh
+        self._record_explanations(trainer, epoch)
 
     # -- the summary ---------------------------------------------------------------------------
     def _monitor(self, trainer: Trainer) -> tuple[str, str]:
@@ -165,6 +174,8 @@ class FitSummary(Callback):
         return "\n".join(lines)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # an explanation of the final weights made after the last validation (fit stopped early)
+        self._record_explanations(trainer, max(self.history, default=0))
         self.summary = self.summarize(trainer)
         self.text = self.format(self.summary)
         self._print(self.text)

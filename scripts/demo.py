@@ -1,8 +1,10 @@
 """Train a digits teacher, a scratch student and a distilled student; print how they compare.
 
 Run through ``bash scripts/demo.sh`` (installs everything) or directly with
-``python scripts/demo.py [--epochs N]``. Results land in ``runs/digits/`` and the table in
-``runs/digits/results.md``.
+``python scripts/demo.py [--epochs N]``. Each run lands in ``runs/digits/<config>/version_<n>/``
+and the table in ``runs/digits/demo/version_<n>/results.md``. Torch runs on one thread, so the
+numbers are the same on every machine (they change with the thread count: float sums are ordered
+differently).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from kdlight.cli import main as kdlight
 from kdlight.evaluate import compare_models, format_table, load_network
 from kdlight.reinit import reinitialized
+from kdlight.runs import next_version
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = [  # (row label, config, role of the network in its checkpoint)
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs of every run")
     args = parser.parse_args()
     extra = [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
+    torch.set_num_threads(1)  # reproducible numbers (and fastest for these small models)
     networks = {}
     for label, config in RUNS:
         start = time.perf_counter()
@@ -48,7 +52,8 @@ def main() -> None:
     rows = compare_models(networks, teacher=RUNS[0][0], inputs=x, labels=y, train_inputs=datamodule.train_inputs())
     rows.sort(key=lambda r: r["model"].startswith("untrained"))
     table = format_table(rows, title=f"Digits test set ({len(y)} samples)")
-    out = REPO / "runs" / "digits" / "results.md"
+    out = next_version(REPO / "runs" / "digits" / "demo") / "results.md"
+    out.parent.mkdir(parents=True)
     out.write_text(table + "\n")
     print("\n" + table + f"\n(saved to {out.relative_to(REPO)})")
 

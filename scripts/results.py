@@ -3,8 +3,7 @@
 For each seed ``s`` (0 .. N-1) the teacher config runs first, then every student config, all
 in-process through ``kdlight.cli.main(["fit", "-c", <config>, ...])`` with these overrides:
 ``--seed_everything=s --data.init_args.seed=s`` (weights *and* the train/val/test split change
-with the seed), ``--trainer.default_root_dir``, the CSV logger's ``save_dir`` and the
-ModelCheckpoint ``dirpath`` set to ``<runs-dir>/seed<s>/<config>``, students'
+with the seed), ``--run_dir=<runs-dir>/seed<s>/<config>`` (each fit a new ``version_<n>`` in it), students'
 ``--model.init_args.teacher_checkpoint`` set to that seed's teacher, progress bar and model
 summary off. The ``ExplanationAgreement`` monitoring callback of the configs is dropped unless
 ``--explain-callback`` is given (it only logs validation curves; the table is computed here).
@@ -101,21 +100,15 @@ def run_overrides(
         "fit", "-c", str(config),
         f"--seed_everything={seed}",
         f"--data.init_args.seed={seed}",
-        f"--trainer.default_root_dir={run_dir}",
+        f"--run_dir={run_dir}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
-    logger = trainer.get("logger")
-    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
-        logger = {**logger, "init_args": {**logger["init_args"], "save_dir": str(run_dir)}}
-        args.append(f"--trainer.logger={json.dumps(logger)}")
     callbacks = []
     for cb in trainer.get("callbacks") or []:
         name = cb.get("class_path", "")
         if name.endswith("ExplanationAgreement") and not explain_callback:
             continue
-        if name.endswith("ModelCheckpoint"):
-            cb = {**cb, "init_args": {**(cb.get("init_args") or {}), "dirpath": str(run_dir)}}
         callbacks.append(cb)
     args.append(f"--trainer.callbacks={json.dumps(callbacks)}")
     takes_teacher = "teacher_checkpoint" in ((cfg.get("model") or {}).get("init_args") or {})

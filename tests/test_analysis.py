@@ -31,7 +31,7 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 def _fit(config: str, out: Path, *extra: str) -> None:
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(out), "filename": "best", "monitor": "val/acc", "mode": "max", "save_last": True,
+         "init_args": {"filename": "best", "monitor": "val/acc", "mode": "max", "save_last": True,
                        "enable_version_counter": False}},
     ]
     if config == "kd.yaml":
@@ -42,7 +42,7 @@ def _fit(config: str, out: Path, *extra: str) -> None:
     override.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
     main(["fit", "-c", str(DIGITS / config), "-c", str(override), "--trainer.max_epochs=2",
           "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1",
-          f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *QUIET, *extra])
+          f"--run_dir={out}", *QUIET, *extra])
 
 
 @pytest.fixture(scope="module")

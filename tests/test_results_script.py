@@ -86,14 +86,11 @@ def test_run_overrides_redirect_every_output_and_set_the_seed(tmp_path):
     args = results.run_overrides(REPO / "configs/digits/kd.yaml", tmp_path / "run", 7,
                                  teacher_checkpoint=tmp_path / "t.ckpt", epochs=3)
     assert "--seed_everything=7" in args and "--data.init_args.seed=7" in args
-    assert f"--trainer.default_root_dir={tmp_path / 'run'}" in args
+    assert f"--run_dir={tmp_path / 'run'}" in args  # the one knob: logs and checkpoints follow it
     assert f"--model.init_args.teacher_checkpoint={tmp_path / 't.ckpt'}" in args
     assert "--trainer.max_epochs=3" in args and "--trainer.enable_progress_bar=false" in args
-    logger = json.loads(next(a for a in args if a.startswith("--trainer.logger=")).split("=", 1)[1])
-    assert logger["init_args"]["save_dir"] == str(tmp_path / "run")
     callbacks = json.loads(next(a for a in args if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
     assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == ["ModelCheckpoint", "ModelCheckpoint"]  # best, last
-    assert all(c["init_args"]["dirpath"] == str(tmp_path / "run") for c in callbacks)
     kept = results.run_overrides(REPO / "configs/digits/kd.yaml", tmp_path, 0, explain_callback=True)
     assert "ExplanationAgreement" in next(a for a in kept if a.startswith("--trainer.callbacks="))
     # a ClassifierModule config takes no teacher checkpoint

@@ -61,7 +61,8 @@ def fit(config: str, *extra: str):
 
 
 def run_dir(config: str) -> Path:
-    return Path("runs/digits") / config
+    """The first fit's version directory (a resumed fit continues in it)."""
+    return Path("runs/digits") / config / "version_0"
 
 
 def load(path: Path) -> dict:
@@ -97,24 +98,22 @@ def tensors_equal(a, b, where: str = "") -> None:
 
 
 def resume(config: str, *extra: str):
-    """``kdlight fit ... --trainer.max_epochs=4 --ckpt_path runs/digits/<config>/last.ckpt``, logging
-    to ``runs/digits/<config>/resumed/`` (with the configs' ``version: ""`` a resumed CSVLogger would
-    replace the first process's metrics.csv).
+    """``kdlight fit ... --trainer.max_epochs=4 --ckpt_path runs/digits/<config>/version_0/last.ckpt``.
 
-    Returns the CLI and the CSV rows of the epochs of the final run: the first process's rows up to
-    the checkpoint's epoch, then the resumed process's rows. Every caller stopped the first process
-    after epoch 1 (a 2-epoch fit, or a kill inside epoch 2): the configs' second ModelCheckpoint
-    writes last.ckpt after every epoch, so nothing is trained twice. (Lightning >= 2.6 rewrites a
-    ``save_last`` checkpoint only when val/acc improved.)
+    Returns the CLI and the CSV rows of the run: the resumed fit continues the first process's
+    ``metrics.csv`` (kdlight.runs), so it holds every epoch once. Every caller stopped the first
+    process after epoch 1 (a 2-epoch fit, or a kill inside epoch 2): the configs' second
+    ModelCheckpoint writes last.ckpt after every epoch, so nothing is trained twice.
     """
     resumed_from = load(run_dir(config) / "last.ckpt")["epoch"]
     assert resumed_from == 1, f"last.ckpt holds epoch {resumed_from}, not the last finished epoch 1"
-    cli = fit(config, f"--trainer.max_epochs={EPOCHS}", "--trainer.logger.init_args.version=resumed", *extra,
-              "--ckpt_path", str(run_dir(config) / "last.ckpt"))
-    first, second = csv_rows(run_dir(config)), csv_rows(run_dir(config) / "resumed")
-    # the resumed process trained only the epochs after the checkpoint's, not from scratch
-    assert sorted(second["epoch"].unique()) == list(range(resumed_from + 1, EPOCHS)), (resumed_from, second)
-    return cli, pd.concat([first[first["epoch"] <= resumed_from], second])
+    before = csv_rows(run_dir(config))
+    cli = fit(config, f"--trainer.max_epochs={EPOCHS}", *extra, "--ckpt_path", str(run_dir(config) / "last.ckpt"))
+    rows = csv_rows(run_dir(config))
+    # the first process's rows up to its checkpoint stay as they were, the resumed epochs follow
+    same_rows(rows[rows["epoch"] <= resumed_from], before[before["epoch"] <= resumed_from])
+    assert sorted(rows["epoch"].unique()) == list(range(EPOCHS)), rows
+    return cli, rows
 
 
 def final_state(cli) -> dict:

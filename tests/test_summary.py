@@ -26,7 +26,7 @@ def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/acc", mode="max")
     trainer = tiny_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint, explain, summary],
                            logger=CSVLogger(tmp_path, name="", version=""), **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam), datamodule=digits)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
 
     text = capsys.readouterr().out
     numbers = summary.summary
@@ -35,8 +35,9 @@ def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
     assert numbers["best_epoch"] == int(best["epoch"]) and numbers["best_value"] == pytest.approx(best["val/acc"])
     assert numbers["val/agreement"] == pytest.approx(best["val/agreement"])
     assert numbers["val/teacher_acc"] == pytest.approx(best["val/teacher_acc"])
-    assert numbers["explain_epoch"] == 1  # every_n_epochs=2: the only explained epoch of three
-    explained = run.epochs.set_index("epoch").loc[1]
+    assert set(summary.explained) == {1, 2}  # every_n_epochs=2, and always the last epoch
+    assert numbers["explain_epoch"] == min((1, 2), key=lambda e: (abs(e - numbers["best_epoch"]), -e))
+    explained = run.epochs.set_index("epoch").loc[numbers["explain_epoch"]]
     assert numbers["explain"]["saliency/rank_correlation"] == pytest.approx(explained["val/explain/saliency/rank_correlation"])
     assert numbers["best_checkpoint"] == checkpoint.best_model_path
     assert numbers["run_dir"] == str(tmp_path)
@@ -95,3 +96,38 @@ def test_methods_near_their_chance_level_are_flagged():
     (saliency,) = [line for line in lines if line.strip().startswith("saliency")]
     assert ig.endswith("<- near chance") and "(0.903)" in ig
     assert "near chance" not in saliency and "(0.008)" in saliency
+
+
+def _explain(**kwargs) -> ExplanationAgreement:
+    return ExplanationAgreement(methods=["saliency"], num_probes=8, faithfulness=False, surrogate=False,
+                                log_images=False, **kwargs)
+
+
+def test_summary_names_the_last_epoch_when_every_n_epochs_exceeds_max_epochs(tmp_path, digits):
+    summary = FitSummary(verbose=False)
+    trainer = tiny_trainer(max_epochs=2, callbacks=[_explain(every_n_epochs=10), summary], default_root_dir=tmp_path, **SMALL)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
+    assert set(summary.explained) == {1} and summary.summary["explain_epoch"] == 1
+    assert "explanations at epoch 1" in summary.text and "saliency" in summary.text
+
+
+def test_summary_picks_up_the_explanation_of_a_fit_stopped_early(tmp_path, digits):
+    """max_steps ends fit inside epoch 1, after the only validation (epoch 0): the final weights
+    are explained at the end of training and the summary says they come from epoch 1."""
+    summary = FitSummary(verbose=False)
+    trainer = tiny_trainer(max_epochs=3, max_steps=3, callbacks=[_explain(every_n_epochs=10), summary],
+                           default_root_dir=tmp_path, **SMALL)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
+    numbers = summary.summary
+    assert numbers["best_epoch"] == 0 and numbers["explain_epoch"] == 1
+    assert "explanations at epoch 1, the nearest explained one" in summary.text
+
+
+def test_summary_ignores_explanations_left_from_an_earlier_fit(tmp_path, digits):
+    explain, summary = _explain(every_n_epochs=1), FitSummary(verbose=False)
+    module = DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True)
+    tiny_trainer(max_epochs=1, callbacks=[explain], default_root_dir=tmp_path, **SMALL).fit(module, datamodule=digits)
+    assert explain.last_results  # left on the callback object
+    no_explaining = {**SMALL, "limit_val_batches": 0}
+    tiny_trainer(max_epochs=1, callbacks=[explain, summary], default_root_dir=tmp_path, **no_explaining).fit(module, datamodule=digits)
+    assert summary.explained == {} and "explain_epoch" not in summary.summary

@@ -1,8 +1,10 @@
 """ExplanationAgreement: does the student explain its decisions the way the teacher does?"""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
+import math
 import os
 import threading
 import warnings
@@ -23,7 +25,18 @@ from kdlight.artifacts import log_image, log_table
 from kdlight.cache import data_fingerprint, teacher_fingerprint
 from kdlight.explain.background import lowest_cpu_priority, unhooked_copy
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
-from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind, is_pure, method_names
+from kdlight.explain.methods import (
+    MAX_FEATURES_WITHOUT_PATCHES,
+    AttributionConfig,
+    attribute,
+    baseline_kind,
+    conv_layer_names,
+    feature_mask_for,
+    grad_cam_layer_name,
+    is_pure,
+    layer_output_shape,
+    method_names,
+)
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
 from kdlight.explain.plots import explanation_image
 from kdlight.explain.surrogate import fit_surrogate
@@ -36,6 +49,8 @@ FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
 #: part of every teacher_cache_dir key: bump it when how maps or faithfulness are computed changes
 TEACHER_CACHE_VERSION = "1"
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
+_LAYER_OPTIONS = ("layer", "teacher_layer", "student_layer")
+_PERTURBATION_METHODS = ("kernel_shap", "shapley_value_sampling")
 log = logging.getLogger(__name__)
 
 
@@ -72,10 +87,12 @@ class ExplanationAgreement(Callback):
 
     Args:
         methods: attribution methods (see :func:`kdlight.explain.method_names`).
-        every_n_epochs: run on validation epochs divisible by this (always in validate/test).
+        every_n_epochs: run on validation epochs divisible by this, and always after the last
+            epoch of ``fit`` (also when it is not a multiple, or ``fit`` stops early); always in
+            validate/test.
         num_probes: size of the probe set, chosen once from the validation set with ``seed``.
         batch_size: probes explained per call (internal batching bounds memory).
-        k: top-k size of the Krishna et al. metrics.
+        k: top-k size of the Krishna et al. metrics; at most the number of input features.
         target: the class explained: ``teacher`` (its prediction), ``label`` or ``student``.
         method_args: per-method :class:`AttributionConfig` fields, e.g.
             ``{integrated_gradients: {n_steps: 64}, grad_cam: {layer: conv2}}``; a per-model
@@ -85,6 +102,12 @@ class ExplanationAgreement(Callback):
             teacher was not loaded from one); ``None``: kept in memory for this run only.
         teacher_in_background: compute the teacher's side on a background thread during
             ``fit`` (see above); ``False``: in the first run.
+
+    Settings are checked before any work: values in ``__init__``; in ``setup`` (before the first
+    training step) what needs the models or the input shape -- Grad-CAM layers of both models,
+    ``k`` against the number of input features, perturbation patches, baselines that need
+    training data; the probe count in ``on_train_start``. Each error is one line that names the
+    option to change. ``last_epoch`` is the epoch ``last_results`` come from.
     """
 
     def __init__(
@@ -112,16 +135,21 @@ class ExplanationAgreement(Callback):
             raise ValueError(f"unknown attribution method(s) {unknown}; valid methods are: {', '.join(valid)}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        for name, value in (("every_n_epochs", every_n_epochs), ("num_probes", num_probes), ("batch_size", batch_size), ("k", k)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.method_args = dict(method_args or {})
+        counts = [("every_n_epochs", every_n_epochs), ("num_probes", num_probes), ("batch_size", batch_size), ("k", k)]
+        for name, value in counts + ([("num_images", num_images)] if log_images else []):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ExplanationAgreement {name} must be an integer >= 1, got {value!r}")
+        self.method_args = {method: dict(args or {}) for method, args in (method_args or {}).items()}
         for method, args in self.method_args.items():
             if method not in valid:  # a known method that is not selected is fine (configs stay overridable)
                 raise ValueError(f"method_args names {method!r}, which is not an attribution method; valid methods are: {', '.join(valid)}")
-            bad = set(args) - _CONFIG_FIELDS - {"teacher_layer", "student_layer"}
+            bad = set(args) - _CONFIG_FIELDS - set(_LAYER_OPTIONS)
             if bad:
-                raise ValueError(f"unknown option(s) {sorted(bad)} for {method}; valid: {', '.join(sorted(_CONFIG_FIELDS))}")
+                options = sorted((_CONFIG_FIELDS - {"layer"}) | ({"layer", "teacher_layer", "student_layer"} if method == "grad_cam" else set()))
+                raise ValueError(f"unknown option(s) {sorted(bad)} for {method} in method_args; valid: {', '.join(options)}")
+            layers = [name for name in _LAYER_OPTIONS if name in args]
+            if layers and method != "grad_cam":
+                raise ValueError(f"method_args: {{{method}: {{{layers[0]}: ...}}}} has no effect: only grad_cam explains a layer; remove it")
         self.every_n_epochs, self.num_probes, self.batch_size, self.k = every_n_epochs, num_probes, batch_size, k
         self.target, self.log_images, self.num_images = target, log_images, num_images
         self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
@@ -139,7 +167,18 @@ class ExplanationAgreement(Callback):
         self._teacher_cache: dict[tuple, dict[str, Tensor]] = {}
         self._metric_objects: dict[tuple, tuple[AgreementCollection, PerClassAgreement]] = {}
         self._pending: list[tuple] = []  # figures/tables drawn at the end of fit
+        self._checked_shape: tuple[int, ...] | None = None  # input shape the settings were checked for
+        self._train_epoch = 0  # the epoch fit is training
+        self._start_step: int | None = None  # global step when fit began training
+        self._explained_step: int | None = None  # global step of the last explanation in fit
         self.last_results: dict[str, float] = {}
+        self.last_epoch: int | None = None
+        for method in self.methods:  # every value check of AttributionConfig, now rather than at the first run
+            for role in ("teacher", "student"):
+                try:
+                    self._config(method, role)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"ExplanationAgreement method_args for {method}: {err}") from None
 
     # -- probe set ---------------------------------------------------------------------------
     def probe_indices(self, dataset_size: int) -> Tensor:
@@ -179,9 +218,107 @@ class ExplanationAgreement(Callback):
         if models != self._models:  # this callback object now serves other models: forget theirs
             self._models = models
             self._teacher_cache.clear(), self._chance.clear()
+        self._checked_shape = None
+        self.check_settings(trainer, pl_module, _known_input_shape(trainer, pl_module))
+
+    def check_settings(self, trainer: Trainer, pl_module: LightningModule, input_shape: tuple[int, ...] | None) -> None:
+        """Refuse settings that cannot work with these models (and, when ``input_shape`` -- one
+        sample's shape -- is known, these inputs), with one line naming the option to change."""
+        self._check_baselines(trainer)
+        if "grad_cam" in self.methods:
+            for role in ("teacher", "student"):
+                self._check_grad_cam_layer(role, getattr(pl_module, role), input_shape)
+        if input_shape is None:
+            return
+        num_features = math.prod(input_shape)
+        if self.k > num_features:
+            raise ValueError(
+                f"ExplanationAgreement k={self.k} exceeds the {num_features} features of an input of shape "
+                f"{list(input_shape)}: every top-k set would hold all features and top-k agreement would be 1.0 "
+                f"for any maps; set k <= {num_features} (e.g. k: {max(1, num_features // 8)})"
+            )
+        for method in self.methods:
+            if method in _PERTURBATION_METHODS:
+                patch_size = self._config(method, "teacher").patch_size
+                try:
+                    feature_mask_for(torch.empty((1, *input_shape)), patch_size)
+                except ValueError:
+                    raise ValueError(_patch_problem(method, input_shape, patch_size)) from None
+        self._checked_shape = tuple(input_shape)
+
+    def _check_baselines(self, trainer: Trainer) -> None:
+        """A training-mean / sampled baseline needs a datamodule with ``train_inputs()``."""
+        if hasattr(trainer.datamodule, "train_inputs"):
+            return
+        for method in self.methods:
+            kind = self._config(method, "teacher").baseline
+            if kind in ("mean", "sample"):
+                where = type(trainer.datamodule).__name__ if trainer.datamodule is not None else "no datamodule"
+                raise ValueError(
+                    f"ExplanationAgreement {method}: baseline {kind!r} needs the training inputs, but the data "
+                    f"({where}) has no train_inputs(); set method_args: {{{method}: {{baseline: zeros}}}} "
+                    f"or fit with a kdlight datamodule"
+                )
+
+    def _layer_option(self, role: str) -> str:
+        """Where the Grad-CAM layer of ``role`` is set (or would be)."""
+        args = self.method_args.get("grad_cam", {})
+        if f"{role}_layer" in args or "layer" not in args:
+            return f"method_args: {{grad_cam: {{{role}_layer: <name>}}}}"
+        return f"method_args: {{grad_cam: {{layer: <name>}}}} (or {role}_layer: <name> for the {role} alone)"
+
+    def _check_grad_cam_layer(self, role: str, model, input_shape: tuple[int, ...] | None) -> None:
+        """The model has the Grad-CAM layer, and (shape known) it runs and gives spatial maps."""
+        layer = self._config("grad_cam", role).layer
+        what = f"the {role} ({type(model).__name__})"
+        option = self._layer_option(role)
+        name = grad_cam_layer_name(model, layer)
+        if name is None:
+            missing = f"has no layer {layer!r}" if layer is not None else "has no Conv1d/Conv2d layer to default to"
+            raise ValueError(f"ExplanationAgreement grad_cam: {what} {missing}; {_layer_hint(model, layer)}; set it with {option}")
+        if input_shape is None:
+            return
+        if len(input_shape) not in (2, 3):
+            raise ValueError(
+                f"ExplanationAgreement grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are "
+                f"{list(input_shape)}; remove grad_cam from methods"
+            )
+        if any(p.is_meta for p in model.parameters()):
+            return  # not materialised yet (e.g. created in configure_model): checked at the first run
+        try:
+            shape = layer_output_shape(model, name, input_shape)
+        except (RuntimeError, ValueError, TypeError):  # the model rejects such inputs: training will say so itself
+            return
+        if shape is None:
+            raise ValueError(
+                f"ExplanationAgreement grad_cam: layer {name!r} of {what} does not run in its forward; "
+                f"{_layer_hint(model, None)}; set another with {option}"
+            )
+        if len(shape) != len(input_shape) + 1:
+            raise ValueError(
+                f"ExplanationAgreement grad_cam: layer {name!r} of {what} gives outputs of shape {list(shape[1:])}, "
+                f"not maps like the inputs {list(input_shape)}; {_layer_hint(model, None)}; set a "
+                f"convolutional one with {option}"
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_step, self._explained_step = trainer.global_step, None
+        dataset = _dataset(trainer, "val")
+        if dataset is not None:  # before the first training step, not at the first explained epoch
+            self.probe_indices(len(dataset))
+            if self._checked_shape is None and len(dataset):
+                self.check_settings(trainer, pl_module, tuple(torch.as_tensor(dataset[0][0]).shape))
         self._start_teacher_job(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._train_epoch = trainer.current_epoch
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Explain the final weights when the last validation epoch did not (``fit`` stopped
+        early, by ``max_steps``, or the last epoch had no validation)."""
+        trained = self._start_step is not None and trainer.global_step > self._start_step
+        if trained and self._explained_step != trainer.global_step and _dataset(trainer, "val") is not None:
+            self.run(trainer, pl_module, "val", epoch=self._train_epoch)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._finish_teacher_job()
@@ -193,7 +330,7 @@ class ExplanationAgreement(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs and not _last_epoch(trainer):
             return
         self.run(trainer, pl_module, "val")
 
@@ -281,10 +418,9 @@ class ExplanationAgreement(Callback):
     def _start_teacher_job(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start computing the teacher's maps and faithfulness on a background thread."""
         methods = self._background_methods(trainer, pl_module.device)
-        runs_ahead = trainer.max_epochs is None or trainer.max_epochs < 0 or trainer.max_epochs >= self.every_n_epochs
-        if not methods or not runs_ahead or not trainer.val_dataloaders or self._teacher_job is not None:
+        if not methods or not trainer.val_dataloaders or self._teacher_job is not None:  # a run comes at the end of fit at the latest
             return
-        x, y = self._probe_batch(trainer, "val")  # also: too many probes fails here, not epochs later
+        x, y = self._probe_batch(trainer, "val")
         teacher = unhooked_copy(pl_module.teacher)
         if teacher is None:
             return
@@ -335,7 +471,7 @@ class ExplanationAgreement(Callback):
             fresh = reinitialized(student, self.seed)
             r_maps = self._attribute(method, "student", fresh, x, target, train_inputs)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
-            metrics = AgreementCollection(k=min(self.k, t_maps[0].numel()), names=CHANCE_METRICS).to(x.device)
+            metrics = AgreementCollection(k=self.k, names=CHANCE_METRICS).to(x.device)
             if ok.any():
                 metrics.update(r_maps[ok], t_maps[ok])
             self._chance[key] = {name: float(value) for name, value in metrics.compute().items()}
@@ -367,22 +503,28 @@ class ExplanationAgreement(Callback):
     def _predict(self, model, x: Tensor) -> Tensor:
         return torch.cat([model(xb) for xb in x.split(self.batch_size)])
 
-    def run(self, trainer: Trainer, pl_module: LightningModule, split: str) -> dict[str, float]:
-        """Explain, measure and log; returns the logged scalars (also kept in ``last_results``)."""
+    def run(self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int | None = None) -> dict[str, float]:
+        """Explain, measure and log; returns the logged scalars (also kept in ``last_results``).
+        ``epoch``: the epoch the results are logged for (default: the trainer's current one)."""
+        epoch = trainer.current_epoch if epoch is None else epoch
         teacher, student = pl_module.teacher, pl_module.student
         was_training = student.training
         student.eval()
         try:
-            results = self._run(trainer, pl_module, teacher, student, split)
+            results = self._run(trainer, pl_module, teacher, student, split, epoch)
         finally:
             student.train(was_training)
-        self.last_results = results
+        self.last_results, self.last_epoch = results, epoch
+        if trainer.state.fn == "fit":
+            self._explained_step = trainer.global_step
         return results
 
-    def _run(self, trainer, pl_module, teacher, student, split: str) -> dict[str, float]:
+    def _run(self, trainer, pl_module, teacher, student, split: str, epoch: int) -> dict[str, float]:
         self._finish_teacher_job()
         device = pl_module.device
         x, y = self._probe_batch(trainer, split)
+        if self._checked_shape != tuple(x.shape[1:]):  # inputs not known at setup: check before explaining
+            self.check_settings(trainer, pl_module, tuple(x.shape[1:]))
         x, y = x.to(device), y.to(device)
         train_inputs = self._train_inputs(trainer, device)
         t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
@@ -395,7 +537,7 @@ class ExplanationAgreement(Callback):
             teacher_side, s_maps = self._explain(method, teacher, student, x, target, train_inputs)
             t_maps = teacher_side["maps"]
             ok = self._finite(t_maps, s_maps, method)
-            metrics, per_class = self._metrics(method, min(self.k, t_maps[0].numel()), num_classes, device)
+            metrics, per_class = self._metrics(method, self.k, num_classes, device)
             if ok.any():
                 metrics.update(s_maps[ok], t_maps[ok])
                 per_class.update(s_maps[ok], t_maps[ok], y[ok])
@@ -411,7 +553,7 @@ class ExplanationAgreement(Callback):
                     for name in FAITHFULNESS_SCORES:  # over the probes both maps are finite for
                         results[f"{prefix}/{method}/{role}_{name}"] = _global_mean(trainer, scores[name][ok])
             table = per_class.table(self._class_names(trainer))
-            artifacts = (trainer.current_epoch, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table)
+            artifacts = (epoch, split, method, x, y, t_logits, s_logits, t_maps, s_maps, table)
             if trainer.state.fn == "fit":  # draw once, at the end of fit: figures cost more than the maps
                 self._pending = [p for p in self._pending if p[2] != method] + [artifacts]
             elif trainer.is_global_zero:
@@ -424,7 +566,7 @@ class ExplanationAgreement(Callback):
             results[f"{prefix}/surrogate/fidelity"] = report.fidelity
             results[f"{prefix}/surrogate/leaves"] = float(report.n_leaves)
         if trainer.state.fn == "fit":
-            _write_scalars(trainer, results)
+            _write_scalars(trainer, results, epoch)
         else:  # through self.log, so trainer.validate()/test() return and print them
             for name, value in results.items():
                 pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
@@ -468,12 +610,61 @@ class ExplanationAgreement(Callback):
         log_image(trainer, f"{split}/explain/{method}/heatmaps", image, epoch)
 
 
+def _last_epoch(trainer: Trainer) -> bool:
+    """Whether fit is in its last epoch by ``max_epochs`` (an earlier stop is seen in on_train_end)."""
+    return trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+
+
+def _dataset(trainer: Trainer, split: str):
+    """The dataset of the split's (first) loader; ``None`` when there is none."""
+    loaders = trainer.val_dataloaders if split == "val" else trainer.test_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return getattr(loaders, "dataset", None)
+
+
+def _known_input_shape(trainer: Trainer, pl_module: LightningModule) -> tuple[int, ...] | None:
+    """One sample's shape where it is known before the data are loaded: a kdlight datamodule's
+    ``input_shape`` or the module's ``example_input_array``; ``None`` otherwise."""
+    shape = getattr(trainer.datamodule, "input_shape", None)
+    if shape is not None:
+        return tuple(int(n) for n in shape)
+    example = getattr(pl_module, "example_input_array", None)
+    return tuple(example.shape[1:]) if isinstance(example, Tensor) else None
+
+
+def _patch_problem(method: str, input_shape: tuple[int, ...], patch_size: int | None) -> str:
+    """One line on why ``patch_size`` does not fit inputs of ``input_shape`` ([C, L] / [C, H, W])."""
+    sizes = input_shape[1:]
+    fitting = next(p for p in range(1, min(sizes) + 1)
+                   if math.prod(-(-n // p) for n in sizes) <= MAX_FEATURES_WITHOUT_PATCHES or p == min(sizes))
+    if patch_size is None:
+        reason = (f"its {math.prod(sizes)} positions are more than the {MAX_FEATURES_WITHOUT_PATCHES} features allowed "
+                  f"without patches")
+    else:
+        reason = f"patch_size={patch_size} is larger than the input's {'x'.join(map(str, sizes))} positions"
+    return (f"ExplanationAgreement {method} on inputs of shape {list(input_shape)}: {reason}; set "
+            f"method_args: {{{method}: {{patch_size: {fitting}}}}} (square patches, or 1-D segments, as features)")
+
+
+def _layer_hint(model, layer: str | None) -> str:
+    """A few layer names to choose from: those close to ``layer``, else the conv layers."""
+    names = [name for name, _ in model.named_modules() if name]
+    close = difflib.get_close_matches(layer, names, n=4, cutoff=0.6) if layer else []
+    if close:
+        return f"close names: {', '.join(close)}"
+    convs = conv_layer_names(model)
+    pool, what = (convs, "conv layers") if convs else (names, "layers")
+    shown = ", ".join(pool[-10:]) if pool else "none"
+    return f"its {what}: {'..., ' if len(pool) > 10 else ''}{shown}"
+
+
 def _probe_key(x: Tensor, target: Tensor) -> str:
     """Fingerprint of the probe inputs and their targets (part of every teacher cache key)."""
     return f"{data_fingerprint(x)}|{data_fingerprint(target)}"
 
 
-def _write_scalars(trainer: Trainer, results: dict[str, float]) -> None:
+def _write_scalars(trainer: Trainer, results: dict[str, float], epoch: int) -> None:
     """Hand the (already synced) scalars to every logger and to ``trainer.callback_metrics``.
 
     This is what ``LightningModule.log`` does at epoch end, minus its per-key bookkeeping, which
@@ -483,7 +674,7 @@ def _write_scalars(trainer: Trainer, results: dict[str, float]) -> None:
     trainer.callback_metrics.update({name: torch.tensor(value) for name, value in results.items()})
     if trainer.is_global_zero:
         for logger in trainer.loggers:
-            logger.log_metrics({**results, "epoch": trainer.current_epoch}, step=trainer.global_step)
+            logger.log_metrics({**results, "epoch": epoch}, step=trainer.global_step)
             logger.save()
 
 

@@ -72,6 +72,9 @@ __all__ = [
     "is_pure",
     "baseline_kind",
     "feature_mask_for",
+    "conv_layer_names",
+    "grad_cam_layer_name",
+    "layer_output_shape",
     "attribute",
     "attribute_pair",
     "input_gradient_map",
@@ -367,6 +370,44 @@ def _as_target(target: Tensor | int, n: int, device: torch.device) -> Tensor:
     return target
 
 
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Submodule paths of the model's ``nn.Conv1d`` / ``nn.Conv2d`` layers (Grad-CAM candidates)."""
+    return [name for name, m in model.named_modules() if name and isinstance(m, (nn.Conv1d, nn.Conv2d))]
+
+
+def grad_cam_layer_name(model: nn.Module, layer: str | None) -> str | None:
+    """The submodule path Grad-CAM explains: ``layer`` if the model has it, the last conv layer
+    when ``layer`` is None; ``None`` when there is no such submodule."""
+    if layer is None:
+        convs = conv_layer_names(model)
+        return convs[-1] if convs else None
+    try:
+        model.get_submodule(layer)
+    except AttributeError:
+        return None
+    return layer
+
+
+@torch.no_grad()
+def layer_output_shape(model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Shape of submodule ``layer``'s output for a zero input ``[2, *input_shape]`` (eval mode, no
+    grad; every train/eval flag is restored); ``None`` if the layer does not run in ``forward``."""
+    device, dtype = _model_device_dtype(model, torch.device("cpu"))
+    captured: list[tuple[int, ...]] = []
+
+    def hook(_module, _inp, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        captured.append(tuple(out.shape))
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.inference_mode(False), _eval_mode(model), _no_autocast(device.type):
+            model(torch.zeros((2, *input_shape), device=device, dtype=dtype))
+    finally:
+        handle.remove()
+    return captured[-1] if captured else None
+
+
 def _resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
     if layer is None:
         convs = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
@@ -480,9 +521,11 @@ def _attribute_perturbation(model, x, target, config, baselines) -> Tensor:
     from captum.attr import KernelShap, ShapleyValueSampling
 
     mask = feature_mask_for(x, config.patch_size)
+    # materialised: Captum's ShapleyValueSampling flattens the mask with .view(-1), which fails on
+    # the stride-0 channel axis of an expanded [1, 1, ...] mask when the input has several channels
+    full_mask = mask.expand(1, *x.shape[1:]).contiguous()
     if config.method == "shapley_value_sampling":
         num_features = int(mask.max()) + 1
-        full_mask = mask.expand(1, *x.shape[1:])
         return ShapleyValueSampling(model).attribute(
             x,
             baselines=baselines,
@@ -492,7 +535,6 @@ def _attribute_perturbation(model, x, target, config, baselines) -> Tensor:
             perturbations_per_eval=_perturbations_per_eval(config, x.shape[0], num_features),
         )
     explainer = KernelShap(model)
-    full_mask = mask.expand(1, *x.shape[1:])
     out = []
     for i in range(x.shape[0]):
         out.append(

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 import threading
 
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -19,10 +21,10 @@ from kdlight.explain.callback import ExplanationAgreement
 KEY = "val/explain/integrated_gradients/rank_correlation"
 
 
-def make_module(teacher_checkpoint, student=None):
+def make_module(teacher_checkpoint, student=None, **kwargs):
     return DistillationModule(
         digits_teacher(), student or digits_student(), teacher_checkpoint=str(teacher_checkpoint),
-        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **kwargs,
     )
 
 
@@ -207,7 +209,7 @@ def test_auto_teacher_cache_dir_lives_beside_the_teacher_checkpoint(digits, teac
     callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
     assert len(list((tmp_path / "teacher" / "explanations").glob("saliency_*.pt"))) == 1
-    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p))
+    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p), random_teacher=True)
     callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(unloaded, datamodule=digits, verbose=False)
     assert callback._cache_dir is None  # a teacher not loaded from a file: memory only
@@ -237,7 +239,7 @@ def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits
     callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     first = make_module(teacher_checkpoint)
     tiny_trainer(callbacks=[callback]).validate(first, datamodule=digits, verbose=False)
-    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p))  # untrained teacher
+    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p), random_teacher=True)  # untrained teacher
     tiny_trainer(callbacks=[callback]).validate(other, datamodule=digits, verbose=False)
     fresh = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     tiny_trainer(callbacks=[fresh]).validate(other, datamodule=digits, verbose=False)
@@ -247,7 +249,7 @@ def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits
 def test_one_callback_object_reused_for_other_probes_recomputes_the_teacher_side(teacher_checkpoint):
     from kdlight.data import DigitsDataModule
 
-    module = make_module(teacher_checkpoint)
+    module = make_module(teacher_checkpoint, allow_teacher_data_overlap=True)  # the other split overlaps the teacher's
     callback = small_callback(methods=["saliency"], log_images=False)
     tiny_trainer(callbacks=[callback]).validate(module, datamodule=DigitsDataModule(batch_size=64, seed=0), verbose=False)
     other_data = DigitsDataModule(batch_size=64, seed=1)  # another split: other probes
@@ -370,11 +372,13 @@ def test_background_job_never_relaxes_the_deterministic_flag(digits, teacher_che
 
 
 def test_no_background_job_when_no_run_comes(digits, teacher_checkpoint, monkeypatch):
+    """No validation, no explanation: the teacher's side is not computed either."""
     callback = small_callback(methods=["saliency"], log_images=False, every_n_epochs=5)
     started = []
     monkeypatch.setattr(callback, "_teacher_sides", lambda *args: started.append(1))
-    tiny_trainer(max_epochs=2, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    assert started == []
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
+    assert started == [] and callback.last_results == {}
 
 
 def test_background_only_where_it_is_safe():
@@ -448,3 +452,152 @@ def test_background_job_runs_at_the_lowest_cpu_priority(digits, teacher_checkpoi
     ((name, priority),) = priorities
     assert name != threading.main_thread().name and priority == 19
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the main thread keeps its own
+
+
+# --------------------------------------------------------------------------------------------
+# settings are checked at setup, before any training step
+
+
+class CountBatches(Callback):
+    """Counts the training batches that started."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.batches += 1
+
+
+def _fit_fails_before_training(callback, teacher_checkpoint, datamodule, match: str, **fit_kwargs) -> str:
+    """Fit for 3 epochs (explained every 2): the error must come before the first training batch."""
+    counter = CountBatches()
+    trainer = tiny_trainer(max_epochs=3, limit_train_batches=2, callbacks=[counter, callback])
+    with pytest.raises(ValueError, match=match) as info:
+        trainer.fit(make_module(teacher_checkpoint), datamodule=datamodule, **fit_kwargs)
+    assert trainer.global_step == 0 and counter.batches == 0
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bad_grad_cam_layer_fails_at_setup_naming_model_layers_and_option(digits, teacher_checkpoint):
+    callback = small_callback(methods=["grad_cam"], every_n_epochs=2, method_args={"grad_cam": {"layer": "conv9"}})
+    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "the teacher \\(CNN2d\\) has no layer 'conv9'")
+    assert "close names: conv2, conv1" in message
+    assert "method_args: {grad_cam: {layer: <name>}} (or teacher_layer: <name> for the teacher alone)" in message
+
+
+def test_grad_cam_layer_missing_in_the_student_only(digits, teacher_checkpoint):
+    callback = small_callback(methods=["grad_cam"], every_n_epochs=2,
+                              method_args={"grad_cam": {"teacher_layer": "conv2", "student_layer": "features"}})
+    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "the student \\(CNN2d\\) has no layer 'features'")
+    assert "its conv layers: conv1.0, conv2.0" in message and "method_args: {grad_cam: {student_layer: <name>}}" in message
+
+
+def test_grad_cam_layer_without_spatial_output_fails_at_setup(digits, teacher_checkpoint):
+    callback = small_callback(methods=["grad_cam"], every_n_epochs=2, method_args={"grad_cam": {"student_layer": "classifier"}})
+    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "layer 'classifier' of the student")
+    assert "outputs of shape [10], not maps like the inputs [1, 8, 8]" in message
+    assert "method_args: {grad_cam: {student_layer: <name>}}" in message
+
+
+def test_k_larger_than_the_number_of_features_fails_at_setup(digits, teacher_checkpoint):
+    callback = small_callback(methods=["saliency"], k=65, every_n_epochs=2)
+    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "k=65 exceeds the 64 features")
+    assert "set k <= 64" in message
+    tiny_trainer(callbacks=[small_callback(methods=["saliency"], k=64, log_images=False)]).validate(
+        make_module(teacher_checkpoint), datamodule=digits, verbose=False)  # k = number of features is allowed
+
+
+class PlainData(LightningDataModule):
+    """The digits loaders behind a datamodule that knows neither ``input_shape`` nor ``train_inputs()``."""
+
+    def __init__(self, digits) -> None:
+        super().__init__()
+        self.digits = digits
+
+    def train_dataloader(self):
+        return self.digits.train_dataloader()
+
+    def val_dataloader(self):
+        return self.digits.val_dataloader()
+
+
+def test_k_too_large_is_refused_when_only_the_data_know_the_input_shape(digits, teacher_checkpoint):
+    callback = small_callback(methods=["saliency"], k=100, every_n_epochs=2)
+    message = _fit_fails_before_training(callback, teacher_checkpoint, PlainData(digits),
+                                         re.escape("k=100 exceeds the 64 features of an input of shape [1, 8, 8]"))
+    assert "set k <= 64" in message
+
+
+def test_mean_baseline_without_training_inputs_fails_at_setup(digits, teacher_checkpoint):
+    callback = small_callback(methods=["integrated_gradients"], every_n_epochs=2,
+                              method_args={"integrated_gradients": {"n_steps": 8, "baseline": "mean"}})
+    message = _fit_fails_before_training(callback, teacher_checkpoint, PlainData(digits),
+                                         "baseline 'mean' needs the training inputs, but the data \\(PlainData\\)")
+    assert "method_args: {integrated_gradients: {baseline: zeros}}" in message
+
+
+def test_too_many_probes_fail_when_fit_starts_without_background_methods(digits, teacher_checkpoint):
+    callback = small_callback(methods=["gradient_shap"], num_probes=10_000, every_n_epochs=2)
+    _fit_fails_before_training(callback, teacher_checkpoint, digits, "num_probes=10000 is larger than the validation set")
+
+
+def test_settings_that_need_no_model_fail_on_construction():
+    with pytest.raises(ValueError, match="method_args for integrated_gradients: AttributionConfig.n_steps must be an integer >= 1, got 0"):
+        ExplanationAgreement(methods=["integrated_gradients"], method_args={"integrated_gradients": {"n_steps": 0}})
+    with pytest.raises(ValueError, match="noise_tunnel is not supported for kernel_shap"):
+        ExplanationAgreement(methods=["kernel_shap"], method_args={"kernel_shap": {"noise_tunnel": "smoothgrad"}})
+    with pytest.raises(ValueError, match="only grad_cam explains a layer; remove it"):
+        ExplanationAgreement(methods=["saliency"], method_args={"saliency": {"layer": "conv2"}})
+    with pytest.raises(ValueError, match="unknown option\\(s\\) \\['steps'\\] for grad_cam in method_args; valid: .*student_layer, teacher_layer"):
+        ExplanationAgreement(methods=["grad_cam"], method_args={"grad_cam": {"steps": 3}})
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
+        ExplanationAgreement(k=0)
+
+
+@pytest.mark.parametrize("shape, patch_size, match", [
+    ((3, 32, 32), None, "its 1024 positions are more than the 256 features allowed without patches; "
+                        "set method_args: {kernel_shap: {patch_size: 2}}"),
+    ((3, 8, 8), 9, "patch_size=9 is larger than the input's 8x8 positions; set method_args: {kernel_shap: {patch_size: 1}}"),
+])
+def test_perturbation_patches_that_do_not_fit_the_inputs(teacher_checkpoint, shape, patch_size, match):
+    from types import SimpleNamespace
+
+    callback = small_callback(methods=["kernel_shap"], method_args={"kernel_shap": {"patch_size": patch_size}})
+    with pytest.raises(ValueError, match=re.escape(match)):
+        callback.check_settings(SimpleNamespace(datamodule=None), make_module(teacher_checkpoint), shape)
+
+
+def test_grad_cam_needs_spatial_inputs(teacher_checkpoint):
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match=re.escape("grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are [30]")):
+        small_callback(methods=["grad_cam"]).check_settings(SimpleNamespace(datamodule=None), make_module(teacher_checkpoint), (30,))
+
+
+# --------------------------------------------------------------------------------------------
+# the last epoch of fit is always explained
+
+
+def test_last_epoch_is_explained_when_every_n_epochs_exceeds_max_epochs(digits, teacher_checkpoint, tmp_path):
+    callback = small_callback(methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False)
+    trainer = tiny_trainer(max_epochs=2, limit_train_batches=2, callbacks=[callback], logger=CSVLogger(tmp_path, name="run"))
+    trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
+    rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
+    key = "val/explain/saliency/rank_correlation"
+    logged = rows.dropna(subset=[key])
+    assert list(logged["epoch"]) == [1] and callback.last_epoch == 1
+    assert "val/acc" in rows.dropna(subset=["val/acc"]).set_index("epoch").loc[1]  # logged beside that epoch's validation
+
+
+def test_fit_stopped_early_explains_its_final_weights(digits, teacher_checkpoint, tmp_path):
+    """max_steps ends fit inside epoch 1, before its validation: explained at the end of training."""
+    callback = small_callback(methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False)
+    trainer = tiny_trainer(max_epochs=3, max_steps=3, limit_train_batches=2, callbacks=[callback],
+                           logger=CSVLogger(tmp_path, name="run"))
+    trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
+    rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
+    logged = rows.dropna(subset=["val/explain/saliency/cosine"])
+    assert list(logged["epoch"]) == [1] and list(logged["step"]) == [3]
+    assert callback.last_epoch == 1 and "val/explain/saliency/cosine" in trainer.callback_metrics

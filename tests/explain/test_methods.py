@@ -381,6 +381,38 @@ def test_perturbation_on_large_image_needs_patch_size(method):
     assert "\n" not in str(info.value)
 
 
+def _multichannel(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """A tiny CNN and a 3-channel input: an image [N, 3, 8, 8] or a signal [N, 3, 16]."""
+    torch.manual_seed(0)
+    if kind == "image":
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+        return model, torch.randn(N, 3, 8, 8)
+    model = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3))
+    return model, torch.randn(N, 3, 16)
+
+
+@pytest.mark.parametrize("kind", ["image", "signal"])
+@pytest.mark.parametrize("method", ["kernel_shap", "shapley_value_sampling"])
+def test_perturbation_methods_on_several_channels(method, kind):
+    """A mask shared across channels: every element of a patch (all channels) gets one value."""
+    model, x = _multichannel(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    config = AttributionConfig(method, patch_size=2, n_samples=3, baseline="zeros")
+    maps = attribute(model, x, target, config)
+    assert maps.shape == x.shape and maps.dtype == torch.float32 and torch.isfinite(maps).all()
+    mask = feature_mask_for(x, 2).expand(1, *x.shape[1:]).flatten()
+    flat = maps.flatten(1)
+    for group in mask.unique():
+        values = flat[:, mask == group]
+        assert torch.allclose(values, values[:, :1].expand_as(values)), int(group)
+    assert flat.abs().sum() > 0
+    if method == "shapley_value_sampling":  # efficiency: per sample, the groups' values add up to f(x) - f(0)
+        with torch.no_grad():
+            gap = (model(x) - model(torch.zeros_like(x))).gather(1, target.view(-1, 1)).squeeze(1)
+        first = torch.stack([(mask == g).nonzero()[0, 0] for g in mask.unique()])
+        assert torch.allclose(flat[:, first].sum(1), gap, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # surrounding context: no_grad, inference_mode, autocast; model state untouched
 

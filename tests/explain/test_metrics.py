@@ -95,6 +95,17 @@ def test_k_required_only_for_topk():
         PerClassAgreement("cosine", num_classes=0)
 
 
+def test_k_larger_than_the_number_of_features_is_refused_not_clamped():
+    """A clamped k would make feature agreement 1.0 for any maps (chance level)."""
+    a, b = torch.randn(4, 1, 2, 3), torch.randn(4, 1, 2, 3)  # 6 features per sample
+    assert torch.isfinite(AgreementCollection(k=6)(a, b)["feature_agreement"])
+    for metric in (AgreementCollection(k=7), PerClassAgreement("feature_agreement", num_classes=2, k=7)):
+        args = (a, b) if isinstance(metric, AgreementCollection) else (a, b, torch.tensor([0, 1, 0, 1]))
+        with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= F, where F=6 .*; got k=7") as info:
+            metric.update(*args)
+        assert "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------
 # accumulation
 # ------------------------------------------------------------------------------------------
