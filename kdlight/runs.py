@@ -19,6 +19,7 @@ Layout::
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ __all__ = [
 VERSION = re.compile(r"^version_(\d+)$")
 LINKS = ("best.ckpt", "last.ckpt")
 TEMP_MARK = ".tmp-"  # <file>.tmp-<pid>: a checkpoint being written
+PLAN_VARIABLE = "KDLIGHT_RUN_PLAN"  # rank 0's plan, inherited by the processes its DDP launcher starts
 
 
 # -- versions ------------------------------------------------------------------------------------
@@ -121,6 +123,29 @@ def plan_run(subcommand: str, run_dir: str | Path, ckpt_path: str | None, overwr
     ``ckpt_path``'s ``last`` / ``best`` shortcuts. Refuses to resume a checkpoint in place when its
     run already went on to later epochs (that would overwrite them) unless ``overwrite``."""
     run_dir = Path(run_dir)
+    inherited = _inherited_plan(subcommand, run_dir)
+    if inherited is not None:
+        return inherited
+    plan, ckpt_path = _plan(subcommand, run_dir, ckpt_path, overwrite)
+    os.environ[PLAN_VARIABLE] = json.dumps({"subcommand": subcommand, "run_dir": str(run_dir), "target": str(plan.target),
+                                            "created": plan.created, "ckpt_path": ckpt_path,
+                                            "resumed_from": str(plan.resumed_from) if plan.resumed_from else None})
+    return plan, ckpt_path
+
+
+def _inherited_plan(subcommand: str, run_dir: Path) -> tuple[RunPlan, str | None] | None:
+    """In a process that Lightning's DDP launcher started for rank > 0, the plan rank 0 made
+    (else each rank would pick its own next version)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        return None
+    saved = json.loads(os.environ.get(PLAN_VARIABLE, "null"))
+    if not saved or saved["subcommand"] != subcommand or saved["run_dir"] != str(run_dir):
+        return None
+    resumed = Path(saved["resumed_from"]) if saved["resumed_from"] else None
+    return RunPlan(subcommand, run_dir, Path(saved["target"]), saved["created"], resumed), saved["ckpt_path"]
+
+
+def _plan(subcommand: str, run_dir: Path, ckpt_path: str | None, overwrite: bool) -> tuple[RunPlan, str | None]:
     ckpt_path = _resolve_ckpt(ckpt_path, run_dir)
     ckpt = Path(ckpt_path) if ckpt_path and "://" not in ckpt_path else None
     if ckpt is not None and ckpt.is_dir():

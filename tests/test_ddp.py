@@ -169,11 +169,13 @@ def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
     from ``save_config``, which runs on rank 0 only)."""
     command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
+               "--model.init_args.teacher_checkpoint=null", "--model.init_args.random_teacher=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
                "--trainer.enable_progress_bar=false"]
     proc = run(command, tmp_path, timeout=180)  # about 15 s when it works
     assert proc.returncode == 0, proc.stderr[-6000:]
     run_dir = tmp_path / "runs" / "digits" / "kd"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt", "latest", "version_0"]  # one version
+    run_dir = run_dir / "version_0"
     assert {"best.ckpt", "last.ckpt", "config.yaml", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert sorted(metrics.dropna(subset=["val/acc"])["epoch"]) == [0, 1]
@@ -184,10 +186,10 @@ def test_teacher_cache_under_ddp(tmp_path):
     (sample by sample, see tests/test_cache.py) and training runs to the end."""
     command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_cache=memory",
+               "--model.init_args.teacher_checkpoint=null", "--model.init_args.random_teacher=true", "--model.init_args.teacher_cache=memory",
                "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"]
     proc = run(command, tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    metrics = pd.read_csv(tmp_path / "runs" / "digits" / "kd" / "metrics.csv")
+    metrics = pd.read_csv(tmp_path / "runs" / "digits" / "kd" / "version_0" / "metrics.csv")
     epochs = metrics.dropna(subset=["train/loss_kd_epoch"])
     assert sorted(epochs["epoch"]) == [0, 1, 2] and epochs["train/loss_kd_epoch"].notna().all()
