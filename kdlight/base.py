@@ -194,8 +194,20 @@ class SupervisedBase(LightningModule):
     # -- random state in checkpoints ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the RNG states: Lightning saves none, so dropout draws after a resume would differ.
-        Under DDP only rank zero's state is saved, and a resumed multi-process fit re-seeds instead."""
+        Under DDP only rank zero's state is saved, and a resumed multi-process fit re-seeds instead.
+
+        Also stores ``kdlight_data``, the record of the data module (``data_record()``: class,
+        split-defining arguments, split fingerprints, hashes of the training samples), so a
+        student distilled from this checkpoint can check that it does not evaluate on them."""
         checkpoint["kdlight_rng_state"] = rng_state()
+        record = self.training_data_record()
+        if record is not None:
+            checkpoint["kdlight_data"] = record
+
+    def training_data_record(self) -> dict[str, Any] | None:
+        """The attached data module's ``data_record()``; None without one (e.g. plain loaders)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return datamodule.data_record() if hasattr(datamodule, "data_record") else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied at on_train_start: the sanity check and data set-up in between draw too

@@ -1,13 +1,17 @@
 """Loading teacher weights from a Lightning checkpoint or a plain ``state_dict`` file."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 # Prefixes under which kdlight's modules store the network that a teacher should receive.
 _PREFIXES = ("model.", "student.")
+#: attribute :func:`load_weights` sets on the module it filled: ``{"path": str, "data": [records]}``
+SOURCE_ATTR = "_kdlight_weights_source"
 
 
 def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -30,14 +34,41 @@ def _short(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> None:
+def _natural(name: str) -> list[object]:
+    """Sort key that puts version_9 before version_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _directory_message(path: Path, role: str) -> str:
+    """One line for a directory given as a checkpoint: the .ckpt files in it (or one level down)."""
+    found = sorted((p.relative_to(path).as_posix() for p in path.glob("*.ckpt")), key=_natural)
+    found = found or sorted((p.relative_to(path).as_posix() for p in path.glob("*/*.ckpt")), key=_natural)
+    if not found:
+        return (
+            f"{role}_checkpoint {path} is a directory with no .ckpt file in it; give a checkpoint file "
+            f"(e.g. {path / 'best.ckpt'}, written when the {role}'s fit completes) or train the {role} first"
+        )
+    best = [f for f in found if f.rsplit("/", 1)[-1] == "best.ckpt"]
+    suggestion = path / (best[-1] if best else found[-1])
+    return (
+        f"{role}_checkpoint {path} is a directory, not a checkpoint file; it holds {_short(found, limit=8)}: "
+        f"give one of them, e.g. {suggestion}"
+    )
+
+
+def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> list[dict[str, Any]]:
     """Load ``path`` into ``model`` strictly, with errors that name the file and the keys.
 
     Accepts a ``ClassifierModule`` / ``DistillationModule`` checkpoint (the network under
     ``model.`` or the student under ``student.``, so a distilled student can teach the next
     model in a teacher-assistant chain) or a plain ``state_dict``. Uses ``weights_only=True``.
+
+    Returns the records of the data the loaded network was trained on (:func:`training_data`;
+    empty for files without them) and marks ``model`` as loaded from ``path`` (:func:`checkpoint_sources`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(_directory_message(path, role))
     if not path.is_file():
         raise FileNotFoundError(
             f"{role}_checkpoint {path} does not exist; train the {role} first "
@@ -62,3 +93,30 @@ def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> N
         details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
         raise ValueError(f"{role}_checkpoint {path} has tensors of the wrong shape for the {role} model: {details}")
     model.load_state_dict(state)
+    data = training_data(obj, str(path))
+    model.__dict__[SOURCE_ATTR] = {"path": str(path), "data": data}
+    return data
+
+
+def training_data(checkpoint: object, path: str | None = None) -> list[dict[str, Any]]:
+    """The data records (``kdlight_data``, see ``ArrayDataModule.data_record``) of what the network
+    in a kdlight checkpoint was trained on: its own, then those of its teachers for a distilled
+    network (``kdlight_teacher_data``). Each record gets ``checkpoint``: the file it came from.
+    Empty for plain state_dicts and checkpoints written before kdlight stored the records."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("kdlight_data"), dict):
+        return []
+    own = dict(checkpoint["kdlight_data"])
+    if path is not None:
+        own["checkpoint"] = path
+    teachers = checkpoint.get("kdlight_teacher_data")
+    return [own, *(r for r in teachers if isinstance(r, dict))] if isinstance(teachers, list) else [own]
+
+
+def checkpoint_sources(model: nn.Module) -> list[dict[str, Any]] | None:
+    """The :func:`load_weights` marks of ``model`` and its submodules if together they cover all
+    of its parameters (e.g. a ``TeacherEnsemble`` whose members each loaded a file), else None."""
+    marks = [(m, m.__dict__[SOURCE_ATTR]) for m in model.modules() if SOURCE_ATTR in m.__dict__]
+    covered = {id(p) for m, _ in marks for p in m.parameters()}
+    if not marks or any(id(p) not in covered for p in model.parameters()):
+        return None
+    return [mark for _, mark in marks]

@@ -15,7 +15,8 @@ class ClassifierModule(SupervisedBase):
     """Train ``model`` with cross-entropy; logs accuracy and macro-F1 for train/val/test.
 
     The network is stored as ``self.model``, so its checkpoint can be handed to
-    ``DistillationModule(teacher_checkpoint=...)``.
+    ``DistillationModule(teacher_checkpoint=...)``. Its checkpoints record the data module's split
+    (``kdlight_data``), so a student is refused val/test samples this network was trained on.
     """
 
     def __init__(

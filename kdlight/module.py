@@ -8,13 +8,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
 from kdlight.cache import TeacherCache, data_fingerprint, teacher_fingerprint
-from kdlight.checkpoint import load_weights
+from kdlight.checkpoint import checkpoint_sources, load_weights
+from kdlight.data.base import teacher_data_overlap
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
 from kdlight.step import UNLABELED, DistillStep, LossTerm, total_loss
@@ -47,6 +49,14 @@ class DistillationModule(SupervisedBase):
     ``batch_transform`` (e.g. :class:`kdlight.transforms.MixUp`) augments the whole batch inside
     the step, so teacher and student see the identical view ("function matching"); mixing
     transforms drop the labels.
+
+    The teacher's weights must come from somewhere: ``teacher_checkpoint``, checkpoints its parts
+    loaded themselves (``TeacherEnsemble(checkpoints=...)``) or a checkpoint this module is
+    restored from; else fit/validate/test refuse to start unless ``teacher_as_given=True`` (a random
+    teacher, or one whose weights you set in code). When the teacher's checkpoint records the data
+    it was trained on (kdlight writes ``kdlight_data`` into every checkpoint), fit/validate/test
+    refuse val/test samples the teacher trained on (another seed or split than the teacher's);
+    ``allow_teacher_data_overlap=True`` turns that into a warning.
     """
 
     def __init__(
@@ -63,6 +73,8 @@ class DistillationModule(SupervisedBase):
         teacher_cache: str | None = None,
         cache_augmented: bool = False,
         batch_transform: BatchTransform | None = None,
+        teacher_as_given: bool = False,
+        allow_teacher_data_overlap: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["teacher", "student", "objective", "optimizer", "lr_scheduler"])
@@ -82,6 +94,9 @@ class DistillationModule(SupervisedBase):
         self._student_taps: FeatureTaps | None = None
         self._teacher_taps: FeatureTaps | None = None
         self._feature_shapes: dict[str, Any] | None = None
+        self.teacher_as_given, self.allow_teacher_data_overlap = teacher_as_given, allow_teacher_data_overlap
+        self._teacher_restored = False  # set when a checkpoint's state_dict restores the teacher
+        self._restored_teacher_data: list[dict[str, Any]] | None = None  # that checkpoint's kdlight_teacher_data
 
     # -- the teacher stays frozen ------------------------------------------------------------
     def train(self, mode: bool = True) -> "DistillationModule":
@@ -94,6 +109,7 @@ class DistillationModule(SupervisedBase):
         are meant to be. Silence that warning for exactly the teacher's count, so any other module
         in eval mode (a student's) still shows it."""
         super().on_fit_start()
+        self.check_teacher()
         in_eval = [name for name, module in self.named_modules() if not module.training]
         if in_eval and all(name == "teacher" or name.startswith("teacher.") for name in in_eval):
             self._quiet_teacher_warning = warnings.catch_warnings()
@@ -105,6 +121,44 @@ class DistillationModule(SupervisedBase):
         quiet = self.__dict__.pop("_quiet_teacher_warning", None)
         if quiet is not None:  # the check has run
             quiet.__exit__(None, None, None)
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        if self.trainer.state.fn == "validate":  # fit checks once, at on_fit_start
+            self.check_teacher()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self.check_teacher()
+
+    # -- where the teacher's weights and training data came from ---------------------------------
+    def check_teacher(self) -> None:
+        """Run before fit/validate/test (after any checkpoint restore): refuse a teacher whose
+        weights came from no checkpoint, and val/test samples the teacher was trained on."""
+        deferred = self.trainer.strategy.restore_checkpoint_after_setup and self.trainer.ckpt_path is not None
+        loaded = self._teacher_restored or deferred or checkpoint_sources(self.teacher) is not None
+        if not loaded and not self.teacher_as_given:
+            raise ValueError(
+                "teacher_checkpoint is not set, so the teacher keeps its initial random weights; set teacher_checkpoint "
+                "to the trained teacher's checkpoint (e.g. runs/digits/teacher/best.ckpt), or set teacher_as_given=true "
+                "to distil from the teacher as constructed (random, or with weights you loaded in code)"
+            )
+        overlap = teacher_data_overlap(self.teacher_training_data(), getattr(self.trainer, "datamodule", None))
+        if overlap is None:
+            return
+        if not self.allow_teacher_data_overlap:
+            raise ValueError(
+                f"{overlap}; val/test metrics and val/teacher_acc would be inflated: use the teacher's data settings, "
+                "or set allow_teacher_data_overlap=true to run anyway"
+            )
+        rank_zero_warn(f"{overlap}; val/test metrics and val/teacher_acc are inflated (allow_teacher_data_overlap=true)")
+
+    def teacher_training_data(self) -> list[dict[str, Any]]:
+        """Records of the data the teacher (and its own teachers) trained on, from the restored
+        checkpoint or from the teacher's checkpoint files; empty when none recorded it."""
+        if self._restored_teacher_data is not None:
+            return self._restored_teacher_data
+        return [record for source in checkpoint_sources(self.teacher) or [] for record in source["data"]]
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.student.parameters()
@@ -162,9 +216,13 @@ class DistillationModule(SupervisedBase):
             )
         datamodule.return_index = True
         inputs = datamodule.train_inputs()
+        # the key covers all that changes the cached content: teacher class and weights, training
+        # data, the tapped teacher layers and the precision (autocast changes the outputs' dtype)
+        teacher_key = f"{type(self.teacher).__qualname__}-{teacher_fingerprint(self.teacher)}"
         self._cache = TeacherCache(
-            size=len(inputs), location=self.teacher_cache, teacher_key=teacher_fingerprint(self.teacher),
+            size=len(inputs), location=self.teacher_cache, teacher_key=teacher_key,
             data_key=data_fingerprint(inputs), rank=self.global_rank,
+            teacher_layers=self.objective.teacher_layers, precision=str(self.trainer.precision),
         ).to(self.device)
 
     def on_train_epoch_end(self) -> None:
@@ -193,10 +251,16 @@ class DistillationModule(SupervisedBase):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["kdlight_feature_shapes"] = self._feature_shapes
+        checkpoint["kdlight_teacher_data"] = self.teacher_training_data()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the objective's trainable parts from the saved feature shapes before loading."""
+        """Rebuild the objective's trainable parts from the saved feature shapes before loading;
+        note that the teacher's weights (and the record of its data) come from the checkpoint."""
         super().on_load_checkpoint(checkpoint)
+        if any(key.startswith("teacher.") for key in checkpoint.get("state_dict", {})):
+            self._teacher_restored = True
+            records = checkpoint.get("kdlight_teacher_data")
+            self._restored_teacher_data = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
         shapes = checkpoint.get("kdlight_feature_shapes")
         if not shapes:
             return

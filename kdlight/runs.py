@@ -337,9 +337,11 @@ class RunDirectory(Callback):
                     logger.set_aside_after(trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.interrupted or not trainer.is_global_zero or self.plan.subcommand != "fit":
-            return
         target = self.plan.target
+        if trainer.interrupted or trainer.fast_dev_run or not trainer.is_global_zero or not target.is_dir():
+            return  # stopped, a dry run, another rank, or a fit that wrote nothing (no logger, no checkpoints)
+        if self.plan.subcommand != "fit":
+            return
         for name in LINKS:
             if (target / name).is_file():
                 _link(self.plan.run_dir / name, target / name)

@@ -46,7 +46,7 @@ def main() -> None:
         t.load_state_dict(state)
         module = DistillationModule(t, MLP(in_features=40, hidden=[100, 100]),
                                     objective=Composite([KD(), ExplanationMatching("saliency", weight=1.0)]),
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+                                    optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), teacher_as_given=True)
         callback = ExplanationAgreement(methods=["integrated_gradients", "saliency"], every_n_epochs=args.epochs,
                                         num_probes=128, log_images=False)
         run = trainer(args, precision, [callback])

@@ -27,7 +27,7 @@ def fit(datamodule, epochs=3, teacher_state=None, objective=None, **kwargs):
     teacher.register_forward_hook(lambda *_: calls.append(1))
     objective = objective if objective is not None else Composite([KD(), Hint("conv2", "conv2")])
     module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                objective=objective, random_teacher=True, **kwargs)
+                                objective=objective, teacher_as_given=True, **kwargs)
     tiny_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, datamodule=datamodule)
     return module, len(calls)
 
@@ -108,7 +108,7 @@ def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
     teacher = digits_teacher()
     rows = []
     module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                teacher_cache="memory", random_teacher=True)
+                                teacher_cache="memory", teacher_as_given=True)
     teacher.register_forward_hook(lambda _m, inputs, _o: rows.append(len(inputs[0])))
     tiny_trainer(max_epochs=3, limit_val_batches=0).fit(module, datamodule=data)
     seen = [set(data.sampler.shard(epoch)) for epoch in range(3)]
@@ -130,7 +130,7 @@ def _validation_run(**kwargs):
     calls = []
     teacher.register_forward_hook(lambda module, *_: calls.append(module.training))
     module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                random_teacher=True, **kwargs)
+                                teacher_as_given=True, **kwargs)
     history = []
 
     class Record(Callback):
@@ -157,7 +157,7 @@ def test_validation_cache_recomputes_a_batch_that_changed():
     teacher = digits_teacher()
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
-    module = DistillationModule(teacher, digits_student(), random_teacher=True, teacher_cache="memory")
+    module = DistillationModule(teacher, digits_student(), teacher_as_given=True, teacher_cache="memory")
     module.trainer = type("T", (), {"state": type("S", (), {"fn": "fit"})()})()  # a fit in progress
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():

@@ -61,3 +61,35 @@ def test_same_keys_wrong_shapes(tmp_path):
     torch.save(digits_student().state_dict(), path)
     with pytest.raises(ValueError, match="wrong shape"):
         load_weights(digits_teacher(), path)
+
+
+def test_a_directory_lists_its_checkpoints(tmp_path):
+    run = tmp_path / "teacher"
+    (run / "version_0").mkdir(parents=True)
+    for name in ("version_0/best.ckpt", "version_0/last.ckpt"):
+        (run / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as err:
+        load_weights(digits_teacher(), run)
+    assert str(err.value) == (
+        f"teacher_checkpoint {run} is a directory, not a checkpoint file; it holds version_0/best.ckpt, "
+        f"version_0/last.ckpt: give one of them, e.g. {run / 'version_0' / 'best.ckpt'}"
+    )
+    (run / "best.ckpt").write_bytes(b"")  # the link a completed fit leaves at the top
+    with pytest.raises(FileNotFoundError, match=r"it holds best.ckpt: give one of them, e.g. .*teacher/best.ckpt$"):
+        load_weights(digits_teacher(), run)
+
+
+def test_an_empty_directory_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"is a directory with no .ckpt file in it; give a checkpoint file \(e.g. .*best.ckpt"):
+        load_weights(digits_teacher(), tmp_path)
+
+
+def test_a_lightning_checkpoint_of_another_model_is_one_line(teacher_checkpoint):
+    from kdlight.models import MLP
+
+    with pytest.raises(ValueError) as err:
+        load_weights(MLP(in_features=64, num_classes=10, hidden=[8]), teacher_checkpoint)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"teacher_checkpoint {teacher_checkpoint} does not match the teacher model (MLP): missing keys [")
+    assert "unexpected keys [" in message and "conv1" in message

@@ -40,6 +40,7 @@ def test_fragment_stacks_on_a_config(fragment):
 def test_config_runs_one_batch(config, tmp_path):
     text = config.read_text()
     extra = ["--model.init_args.teacher_checkpoint=null"] if "teacher_checkpoint" in text else []
+    extra += ["--model.init_args.teacher_as_given=true"] if "DistillationModule" in text else []
     if "TeacherEnsemble" in text:  # members load their own checkpoints: none here
         no_checkpoints = tmp_path / "no_member_checkpoints.yaml"
         no_checkpoints.write_text("model:\n  init_args:\n    teacher:\n      init_args:\n        checkpoints: null\n")

@@ -169,7 +169,7 @@ def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
     from ``save_config``, which runs on rank 0 only)."""
     command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--model.init_args.random_teacher=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
+               "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
                "--trainer.enable_progress_bar=false"]
     proc = run(command, tmp_path, timeout=180)  # about 15 s when it works
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -186,7 +186,7 @@ def test_teacher_cache_under_ddp(tmp_path):
     (sample by sample, see tests/test_cache.py) and training runs to the end."""
     command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--model.init_args.random_teacher=true", "--model.init_args.teacher_cache=memory",
+               "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--model.init_args.teacher_cache=memory",
                "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"]
     proc = run(command, tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -27,7 +27,7 @@ class NaNAfter(KD):
 
 def _fit(digits, start: int, every: int, check_finite: bool = True, epochs: int = 1):
     module = DistillationModule(digits_teacher(), digits_student(), objective=NaNAfter(start),
-                                optimizer=lambda p: torch.optim.SGD(p, lr=0.0), check_finite=check_finite)
+                                optimizer=lambda p: torch.optim.SGD(p, lr=0.0), check_finite=check_finite, teacher_as_given=True)
     trainer = tiny_trainer(max_epochs=epochs, log_every_n_steps=every, limit_val_batches=0)
     trainer.fit(module, datamodule=digits)
     return trainer
@@ -60,7 +60,7 @@ def test_check_finite_loss_names_every_bad_term():
 def test_after_a_resume_the_reported_steps_start_at_the_checkpoint(digits, tmp_path):
     def module():
         return DistillationModule(digits_teacher(), digits_student(), objective=NaNAfter(25),
-                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0), teacher_as_given=True)
 
     first = tiny_trainer(max_epochs=1, log_every_n_steps=100, limit_val_batches=0)
     first.fit(module(), datamodule=digits)  # steps 0-18, all finite

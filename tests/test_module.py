@@ -60,7 +60,7 @@ def test_student_learns_while_teacher_does_not(digits, teacher_checkpoint):
 
 def test_optimizer_holds_student_and_regressor_but_never_the_teacher(digits):
     objective = Composite([KD(), Hint(student_layer="conv2", teacher_layer="conv2")])
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
     trainer = tiny_trainer(max_steps=1)
     trainer.fit(module, datamodule=digits)
     in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
@@ -72,7 +72,7 @@ def test_optimizer_holds_student_and_regressor_but_never_the_teacher(digits):
 
 def test_every_term_is_logged_and_total_is_weighted_sum(digits):
     objective = Composite([KD(temperature=2.0, alpha=0.7), AttentionTransfer(["conv2"], ["conv2"], weight=10.0)])
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
     trainer = tiny_trainer(max_steps=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     metrics = trainer.callback_metrics
@@ -103,14 +103,14 @@ def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint)
 def test_output_size_mismatch_names_both_sizes(digits):
     from kdlight.models import MLP
 
-    module = DistillationModule(digits_teacher(), MLP(in_features=64, num_classes=7, hidden=[8]), optimizer=adam)
+    module = DistillationModule(digits_teacher(), MLP(in_features=64, num_classes=7, hidden=[8]), optimizer=adam, teacher_as_given=True)
     with pytest.raises(ValueError, match="teacher outputs 10 classes but student outputs 7"):
         tiny_trainer(max_steps=1).fit(module, datamodule=digits)
 
 
 def test_unknown_layer_lists_available_names(digits):
     module = DistillationModule(
-        digits_teacher(), digits_student(), objective=Hint(student_layer="layer9", teacher_layer="conv2"), optimizer=adam
+        digits_teacher(), digits_student(), objective=Hint(student_layer="layer9", teacher_layer="conv2"), optimizer=adam, teacher_as_given=True
     )
     with pytest.raises(ValueError, match=r"student has no submodule 'layer9'; valid names are: .*conv1"):
         tiny_trainer(max_steps=1).fit(module, datamodule=digits)
@@ -122,13 +122,13 @@ class NaNObjective(Objective):
 
 
 def test_nan_loss_stops_training_naming_the_term(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True)
     with pytest.raises(NonFiniteLossError, match=r"loss term boom=nan at epoch 0, step 0"):
         tiny_trainer(max_steps=3, log_every_n_steps=1).fit(module, datamodule=digits)
 
 
 def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True)
     with pytest.raises(NonFiniteLossError, match=r"loss term .*boom=nan at epoch 0, steps 0-4"):
         tiny_trainer(max_steps=8, log_every_n_steps=5).fit(module, datamodule=digits)
 
@@ -153,7 +153,7 @@ def test_same_instance_for_teacher_and_student_is_refused():
 
 def test_hint_regressor_is_saved_and_restored(digits, tmp_path):
     objective = Hint(student_layer="conv2", teacher_layer="conv2")
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
     trainer = tiny_trainer(max_steps=2)
     trainer.fit(module, datamodule=digits)
     path = tmp_path / "distilled.ckpt"
@@ -166,7 +166,7 @@ def test_hint_regressor_is_saved_and_restored(digits, tmp_path):
 
 
 def test_cross_entropy_only_objective_needs_no_teacher_signal(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=CrossEntropy(), optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=CrossEntropy(), optimizer=adam, teacher_as_given=True)
     trainer = tiny_trainer(max_steps=2, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     assert "train/loss_ce" in trainer.callback_metrics and "train/loss_kd" not in trainer.callback_metrics
@@ -181,8 +181,8 @@ def _eval_mode_warnings(module, digits) -> list[str]:
 
 def test_frozen_teacher_does_not_trip_lightning_s_eval_mode_warning(digits):
     adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
-    assert _eval_mode_warnings(DistillationModule(digits_teacher(), digits_student(), optimizer=adam), digits) == []
+    assert _eval_mode_warnings(DistillationModule(digits_teacher(), digits_student(), optimizer=adam, teacher_as_given=True), digits) == []
     student = digits_student()
     student.conv1.eval()  # a student module left in eval mode is a real problem: still warned
     student.train = lambda mode=True: student  # keep it there when Lightning calls train()
-    assert len(_eval_mode_warnings(DistillationModule(digits_teacher(), student, optimizer=adam), digits)) == 1
+    assert len(_eval_mode_warnings(DistillationModule(digits_teacher(), student, optimizer=adam, teacher_as_given=True), digits)) == 1

@@ -26,7 +26,7 @@ def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/acc", mode="max")
     trainer = tiny_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint, explain, summary],
                            logger=CSVLogger(tmp_path, name="", version=""), **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
 
     text = capsys.readouterr().out
     numbers = summary.summary
@@ -106,7 +106,7 @@ def _explain(**kwargs) -> ExplanationAgreement:
 def test_summary_names_the_last_epoch_when_every_n_epochs_exceeds_max_epochs(tmp_path, digits):
     summary = FitSummary(verbose=False)
     trainer = tiny_trainer(max_epochs=2, callbacks=[_explain(every_n_epochs=10), summary], default_root_dir=tmp_path, **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
     assert set(summary.explained) == {1} and summary.summary["explain_epoch"] == 1
     assert "explanations at epoch 1" in summary.text and "saliency" in summary.text
 
@@ -117,7 +117,7 @@ def test_summary_picks_up_the_explanation_of_a_fit_stopped_early(tmp_path, digit
     summary = FitSummary(verbose=False)
     trainer = tiny_trainer(max_epochs=3, max_steps=3, callbacks=[_explain(every_n_epochs=10), summary],
                            default_root_dir=tmp_path, **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True), datamodule=digits)
+    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
     numbers = summary.summary
     assert numbers["best_epoch"] == 0 and numbers["explain_epoch"] == 1
     assert "explanations at epoch 1, the nearest explained one" in summary.text
@@ -125,7 +125,7 @@ def test_summary_picks_up_the_explanation_of_a_fit_stopped_early(tmp_path, digit
 
 def test_summary_ignores_explanations_left_from_an_earlier_fit(tmp_path, digits):
     explain, summary = _explain(every_n_epochs=1), FitSummary(verbose=False)
-    module = DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, random_teacher=True)
+    module = DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True)
     tiny_trainer(max_epochs=1, callbacks=[explain], default_root_dir=tmp_path, **SMALL).fit(module, datamodule=digits)
     assert explain.last_results  # left on the callback object
     no_explaining = {**SMALL, "limit_val_batches": 0}

@@ -62,7 +62,7 @@ def test_label_terms_see_only_labeled_samples_and_say_so():
 
 def test_distillation_with_a_transfer_set_logs_what_each_term_saw():
     dm = DigitsDataModule(batch_size=32, transfer_size=96)
-    module = DistillationModule(digits_teacher(), digits_student(), objective=KD(), optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), objective=KD(), optimizer=adam, teacher_as_given=True)
     trainer = tiny_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     m = trainer.callback_metrics
@@ -90,7 +90,7 @@ class BadTransfer(LightningDataModule):
     ],
 )
 def test_bad_transfer_loaders_are_clear_errors(transfer, message):
-    module = DistillationModule(digits_teacher(), digits_student(), optimizer=adam)
+    module = DistillationModule(digits_teacher(), digits_student(), optimizer=adam, teacher_as_given=True)
     with pytest.raises(ValueError, match=message):
         tiny_trainer(max_steps=1).fit(module, datamodule=BadTransfer(transfer))
 
@@ -100,7 +100,7 @@ def test_function_matching_feeds_teacher_and_student_the_same_mixed_view():
     teacher, student = digits_teacher(), digits_student()
     teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].clone()) if torch.is_grad_enabled() is False else None)
     student.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].clone()) if m.training else None)
-    module = DistillationModule(teacher, student, objective=KD(), batch_transform=MixUp(alpha=1.0), optimizer=adam)
+    module = DistillationModule(teacher, student, objective=KD(), batch_transform=MixUp(alpha=1.0), optimizer=adam, teacher_as_given=True)
     dm = DigitsDataModule(batch_size=16)
     trainer = tiny_trainer(max_steps=2, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
@@ -114,10 +114,10 @@ def test_function_matching_feeds_teacher_and_student_the_same_mixed_view():
 
 def test_function_matching_or_transfer_refuse_the_cache():
     with pytest.raises(ValueError, match="cannot be combined with batch_transform"):
-        module = DistillationModule(digits_teacher(), digits_student(), batch_transform=MixUp(), teacher_cache="memory")
+        module = DistillationModule(digits_teacher(), digits_student(), batch_transform=MixUp(), teacher_cache="memory", teacher_as_given=True)
         tiny_trainer(max_steps=1).fit(module, datamodule=DigitsDataModule())
     with pytest.raises(ValueError, match="does not cover transfer sets"):
-        module = DistillationModule(digits_teacher(), digits_student(), teacher_cache="memory")
+        module = DistillationModule(digits_teacher(), digits_student(), teacher_cache="memory", teacher_as_given=True)
         tiny_trainer(max_steps=1).fit(module, datamodule=DigitsDataModule(transfer_size=32))
 
 

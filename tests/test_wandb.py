@@ -84,7 +84,7 @@ def test_fit_with_the_wandb_fragment_logs_everything_offline(tmp_path, offline_w
     save_dir = tmp_path / "wandb-runs"
     cli = kdlight.cli.main([
         "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"), "-c", str(FRAGMENT), "-c", str(tmp_path / "callbacks.yaml"),
-        "--model.init_args.teacher_checkpoint=null", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
+        "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={save_dir}",
         "--trainer.logger.init_args.offline=true",

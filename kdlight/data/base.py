@@ -1,7 +1,10 @@
 """Shared logic for the in-memory data modules: stratified splits, datasets and loaders."""
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -10,6 +13,80 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 SPLITS = ("train", "val", "test")
+#: init arguments that change how data are served, not which samples form the splits
+LOADER_ARGS = ("self", "batch_size", "num_workers")
+
+
+def sample_hashes(inputs: Tensor | np.ndarray) -> Tensor:
+    """One 8-byte BLAKE2b hash per sample (row along the first dimension) of its raw bytes, as int64."""
+    if isinstance(inputs, Tensor):  # as bytes: numpy has no bfloat16
+        rows = inputs.detach().cpu().contiguous().reshape(len(inputs), -1).view(torch.uint8).numpy()
+    else:
+        rows = np.ascontiguousarray(inputs).reshape(len(inputs), -1).view(np.uint8)
+    digests = b"".join(hashlib.blake2b(row, digest_size=8).digest() for row in rows)
+    return torch.from_numpy(np.frombuffer(digests, dtype="<i8").copy())
+
+
+def hashes_fingerprint(hashes: Tensor) -> str:
+    """SHA-256 (hex) of a set of sample hashes: the same for the same samples in any order."""
+    return hashlib.sha256(hashes.sort().values.numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as something ``torch.load(weights_only=True)`` reads back (else its repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def teacher_data_overlap(teacher_records: list[dict[str, Any]], datamodule: Any) -> str | None:
+    """Describe how many val/test samples of ``datamodule`` the teacher trained on (None: none).
+
+    ``teacher_records`` are :meth:`ArrayDataModule.data_record` dicts of the data the teacher (and,
+    for a distilled teacher, its own teachers) trained on. A val/test sample counts when its hash is
+    among the teacher's training hashes but not among this data module's own training samples.
+    """
+    if not teacher_records or not hasattr(datamodule, "data_record"):
+        return None
+    own = datamodule.data_record()
+    evaluation = {split: datamodule.split_hashes(split) for split in ("val", "test")}
+    leaked = {split: torch.zeros(len(h), dtype=torch.bool) for split, h in evaluation.items()}
+    culprit = None
+    for record in teacher_records:
+        trained = record.get("train_hashes")
+        if not isinstance(trained, Tensor):
+            continue
+        for split, hashes in evaluation.items():
+            hit = torch.isin(hashes, trained) & ~torch.isin(hashes, own["train_hashes"])
+            if culprit is None and bool(hit.any()):
+                culprit = record
+            leaked[split] |= hit
+    if culprit is None:
+        return None
+    eval_all = torch.cat(list(evaluation.values()))
+    leaked_all = torch.cat(list(leaked.values()))
+    count, total = int(eval_all[leaked_all].unique().numel()), int(eval_all.unique().numel())
+    per_split = ", ".join(f"{s} {int(m.sum())} of {len(m)}" for s, m in leaked.items())
+    where = f"teacher_checkpoint {culprit['checkpoint']}" if culprit.get("checkpoint") else "the teacher"
+    return (
+        f"{where} was trained on {count} of the {total} val/test samples of {type(datamodule).__name__} "
+        f"({per_split}): {_describe_difference(culprit, own)}"
+    )
+
+
+def _describe_difference(teacher: dict[str, Any], own: dict[str, Any]) -> str:
+    """Which data-module class or split-defining arguments differ between two records."""
+    short = lambda path: str(path).rsplit(".", 1)[-1]  # noqa: E731
+    if teacher.get("class") != own.get("class"):
+        return f"the teacher used {short(teacher.get('class'))}, this run {short(own.get('class'))}"
+    theirs, ours = teacher.get("args", {}), own.get("args", {})
+    names = [n for n in ours if n in theirs and theirs[n] != ours[n]]
+    if not names:
+        return "its split differs from this run's although the data-module settings are the same"
+    fmt = lambda args: ", ".join(f"{n}={args[n]!r}" for n in names)  # noqa: E731
+    return f"its split came from {fmt(theirs)}, this run's from {fmt(ours)}"
 
 
 class IndexedDataset(Dataset):
@@ -119,11 +196,18 @@ class ArrayDataModule(L.LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
         #: indices of each split into the source arrays (filled by ``_load_splits``)
         self.split_indices: dict[str, np.ndarray] = {}
+        self._split_hashes: dict[str, Tensor] = {}
+        self._data_record: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Return ``{"train": (x, y), "val": (x, y), "test": (x, y)}``."""
         raise NotImplementedError
+
+    def _source_inputs(self, split: str) -> Tensor | np.ndarray:
+        """A split's samples as stored in the source data, before any split-dependent transform
+        (per-split standardization, cues): what identifies a sample across seeds and splits."""
+        return self._ensure_splits()[split][0]
 
     def _make_dataset(self, split: str, x: Tensor, y: Tensor) -> Dataset:
         """Dataset for one split; the default is a plain :class:`TensorDataset`."""
@@ -226,6 +310,34 @@ class ArrayDataModule(L.LightningDataModule):
     def split_sizes(self) -> dict[str, int]:
         """Number of samples per split."""
         return {name: len(y) for name, (_, y) in self._ensure_splits().items()}
+
+    # ----------------------------------------------------------------- identity, for leakage checks
+    def split_hashes(self, split: str) -> Tensor:
+        """int64 hashes of each sample of ``split`` (:func:`sample_hashes` of its source inputs), cached."""
+        if split not in self._split_hashes:
+            self._split_hashes[split] = sample_hashes(self._source_inputs(split))
+        return self._split_hashes[split]
+
+    def split_args(self) -> dict[str, Any]:
+        """The init arguments that define the data and the splits (all but batch size and workers)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n not in LOADER_ARGS]
+        return {n: _plain(getattr(self, n)) for n in names if hasattr(self, n)}
+
+    def data_record(self) -> dict[str, Any]:
+        """What kdlight stores in checkpoints under ``kdlight_data``: the class, the split-defining
+        arguments, the split sizes, a SHA-256 fingerprint per split and the sorted int64 hashes of
+        the training samples (weights-only loadable: str, int, float, lists, dicts, one tensor)."""
+        if self._data_record is None:
+            hashes = {split: self.split_hashes(split) for split in SPLITS}
+            self._data_record = {
+                "version": 1,
+                "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "args": self.split_args(),
+                "sizes": {split: len(h) for split, h in hashes.items()},
+                "fingerprints": {split: hashes_fingerprint(h) for split, h in hashes.items()},
+                "train_hashes": hashes["train"].sort().values,
+            }
+        return self._data_record
 
 
 def _loader_generator(seed: int) -> torch.Generator:

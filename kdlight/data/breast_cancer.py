@@ -40,6 +40,11 @@ class BreastCancerDataModule(ArrayDataModule):
         self.feature_mean: Tensor | None = None
         self.feature_std: Tensor | None = None
 
+    def _source_inputs(self, split: str) -> np.ndarray:
+        """The raw (unstandardized) features: the standardization depends on the training split."""
+        self._ensure_splits()
+        return self._raw.data[self.split_indices[split]]
+
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         x = torch.from_numpy(self._raw.data.astype(np.float32))
         y = torch.from_numpy(self._raw.target.astype(np.int64))

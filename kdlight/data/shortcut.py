@@ -92,6 +92,7 @@ class ShortcutDigitsDataModule(DigitsDataModule):
         self.clean = bool(clean)
         self.test_cue = test_cue
         self.cue_classes: dict[str, np.ndarray] = {}
+        self._clean_inputs: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------- cue geometry
     def cue_position(self, cls: int) -> tuple[int, int]:
@@ -140,8 +141,14 @@ class ShortcutDigitsDataModule(DigitsDataModule):
         return np.where(faithful, y.numpy(), random_classes).astype(np.int64)
 
     # ----------------------------------------------------------------- data
+    def _source_inputs(self, split: str) -> Tensor:
+        """The images without their cue: the cue depends on the seed and the split."""
+        self._ensure_splits()
+        return self._clean_inputs[split]
+
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         splits = super()._load_splits()
+        self._clean_inputs = {split: x for split, (x, _) in splits.items()}
         out = {}
         for split, (x, y) in splits.items():
             if split == "val" and self.val_fraction == 0:

@@ -397,3 +397,57 @@ def test_return_index_adds_sample_indices_to_training_batches():
     x_train, y_train = dm.split_tensors("train")
     assert torch.equal(x, x_train[index]) and torch.equal(y, y_train[index])
     assert len(next(iter(dm.val_dataloader()))) == 2  # only the training stream carries indices
+
+
+# ------------------------------------------------------------------ sample identity (teacher leakage checks)
+def _overlap(teacher_dm, dm):
+    from kdlight.data.base import teacher_data_overlap
+
+    return teacher_data_overlap([teacher_dm.data_record()], dm)
+
+
+def _all_hashes(dm) -> set[int]:
+    return set(torch.cat([dm.split_hashes(s) for s in ("train", "val", "test")]).tolist())
+
+
+def test_split_hashes_identify_samples_across_seeds():
+    a, b = DigitsDataModule(seed=0), DigitsDataModule(seed=1)
+    assert len(_all_hashes(a)) == 1797 and _all_hashes(a) == _all_hashes(b)
+    expected = len(set(b.split_indices["val"]) & set(a.split_indices["train"]))
+    assert int(torch.isin(b.split_hashes("val"), a.split_hashes("train")).sum()) == expected > 0
+    record = a.data_record()
+    assert record["args"] == {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.2, "transfer_size": None,
+                              "transfer_augmentations": ["shift", "noise", "mixup"]}
+    assert DigitsDataModule(seed=0, batch_size=7).data_record()["fingerprints"] == record["fingerprints"]
+    assert b.data_record()["fingerprints"]["train"] != record["fingerprints"]["train"]
+    assert _overlap(a, DigitsDataModule(seed=0)) is None
+    assert _overlap(a, b).startswith("the teacher was trained on")  # a record without a checkpoint path
+
+
+def test_breast_cancer_hashes_ignore_the_split_dependent_standardization():
+    a, b = BreastCancerDataModule(seed=0), BreastCancerDataModule(seed=1)
+    assert len(_all_hashes(a)) == 569 and _all_hashes(a) == _all_hashes(b)
+    assert _overlap(a, BreastCancerDataModule(seed=0)) is None
+    assert "its split came from seed=0, this run's from seed=1" in _overlap(a, b)
+
+
+def test_shortcut_hashes_ignore_the_cue():
+    from kdlight.data import ShortcutDigitsDataModule
+
+    clean, cued = ShortcutDigitsDataModule(seed=0, clean=True), ShortcutDigitsDataModule(seed=0)
+    plain = DigitsDataModule(seed=0)
+    for s in ("train", "val", "test"):
+        assert torch.equal(clean.split_hashes(s), cued.split_hashes(s))
+        assert torch.equal(cued.split_hashes(s), plain.split_hashes(s))
+    assert _overlap(clean, cued) is None  # the shipped shortcut configs: clean teacher, cued student, one seed
+    assert _overlap(clean, ShortcutDigitsDataModule(seed=1)) is not None
+
+
+def test_mnist1d_overlap_counts_validation_samples(mnist1d_dm):
+    everything = MNIST1DDataModule(seed=0, val_fraction=0.0)  # trains on all 4000, validates on the test set
+    assert _overlap(mnist1d_dm, everything) is None
+    message = _overlap(everything, mnist1d_dm)
+    n_val = mnist1d_dm.split_sizes()["val"]
+    counts = f"trained on {n_val} of the {n_val + 1000} val/test samples of MNIST1DDataModule (val {n_val} of {n_val}, test 0 of 1000)"
+    assert counts in message
+    assert "val_fraction=0.0, this run's from val_fraction=0.1" in message

@@ -209,7 +209,7 @@ def test_auto_teacher_cache_dir_lives_beside_the_teacher_checkpoint(digits, teac
     callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
     assert len(list((tmp_path / "teacher" / "explanations").glob("saliency_*.pt"))) == 1
-    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p), random_teacher=True)
+    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True)
     callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(unloaded, datamodule=digits, verbose=False)
     assert callback._cache_dir is None  # a teacher not loaded from a file: memory only
@@ -239,7 +239,7 @@ def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits
     callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     first = make_module(teacher_checkpoint)
     tiny_trainer(callbacks=[callback]).validate(first, datamodule=digits, verbose=False)
-    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p), random_teacher=True)  # untrained teacher
+    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True)  # untrained teacher
     tiny_trainer(callbacks=[callback]).validate(other, datamodule=digits, verbose=False)
     fresh = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     tiny_trainer(callbacks=[fresh]).validate(other, datamodule=digits, verbose=False)

@@ -57,7 +57,7 @@ def test_checkpoints_are_loaded_into_each_member(tmp_path):
 
 def test_a_distilled_student_checkpoint_can_be_a_member(digits, tmp_path):
     """A DistillationModule checkpoint gives its student (prefix student.), as in a TA chain."""
-    module = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    module = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), teacher_as_given=True)
     trainer = tiny_trainer(max_steps=1)
     trainer.fit(module, datamodule=digits)
     trainer.save_checkpoint(tmp_path / "distilled.ckpt")
@@ -98,7 +98,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_ensemble_teacher_distils_into_a_student_and_stays_frozen(digits, mode):
     ensemble = two_teachers()
     module = DistillationModule(ensemble, digits_student(), objective=MultiTeacherKD(num_teachers=2, mode=mode),
-                                optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+                                optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), teacher_as_given=True)
     before, student_before = snapshot(module.teacher), snapshot(module.student)
     trainer = tiny_trainer(max_steps=3, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
@@ -114,7 +114,7 @@ def test_ensemble_teacher_distils_into_a_student_and_stays_frozen(digits, mode):
 
 
 def test_validation_teacher_accuracy_is_that_of_the_mean_logits(digits):
-    module = DistillationModule(two_teachers(), digits_student(), objective=MultiTeacherKD(num_teachers=2))
+    module = DistillationModule(two_teachers(), digits_student(), objective=MultiTeacherKD(num_teachers=2), teacher_as_given=True)
     trainer = tiny_trainer()
     trainer.validate(module, datamodule=digits, verbose=False)
     x = torch.cat([b[0] for b in digits.val_dataloader()])
@@ -126,6 +126,6 @@ def test_validation_teacher_accuracy_is_that_of_the_mean_logits(digits):
 
 
 def test_objective_and_ensemble_sizes_must_agree(digits):
-    module = DistillationModule(two_teachers(), digits_student(), objective=MultiTeacherKD(num_teachers=3))
+    module = DistillationModule(two_teachers(), digits_student(), objective=MultiTeacherKD(num_teachers=3), teacher_as_given=True)
     with pytest.raises(ValueError, match="teacher has no submodule 'members.2'"):
         tiny_trainer(max_steps=1).fit(module, datamodule=digits)
