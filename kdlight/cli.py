@@ -6,18 +6,21 @@ import os
 import pickle
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Optional
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from kdlight.artifacts import LoggerSaveConfigCallback
+from kdlight.config_errors import explain
 from kdlight.errors import NonFiniteLossError
 from kdlight.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name
 from kdlight.summary import FitSummary
 
 # Errors that describe a problem in the user's config or files: shown as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, KeyError, MisconfigurationException)
 
 
 class KDLightCLI(LightningCLI):
@@ -119,7 +122,7 @@ def _as_dict(value) -> object:
 
 #: model settings that may differ between a checkpoint and the config that evaluates or resumes it
 _MAY_DIFFER = {"teacher_checkpoint", "optimizer", "lr_scheduler", "lr_scheduler_interval", "check_finite",
-               "teacher_cache", "cache_augmented", "random_teacher", "allow_teacher_data_overlap"}
+               "teacher_cache", "cache_augmented", "teacher_as_given", "allow_teacher_data_overlap"}
 
 
 def model_differences(given: object, stored: object, where: str = "model") -> list[str]:
@@ -156,25 +159,33 @@ def root_cause(err: BaseException) -> BaseException:
 def main(args: list[str] | None = None) -> KDLightCLI | None:
     """Run the CLI (``kdlight``, ``python -m kdlight``, or in-process); ``args`` replaces ``sys.argv``.
 
-    Problems a user can fix print one line (``kdlight: error: ...``) and exit with status 1; set
-    ``KDLIGHT_TRACEBACK=1`` to see the full traceback instead.
+    Problems a user can fix print one line (``kdlight: error: ...``): a config the parser rejects
+    (unknown key or class, wrong type, missing file; see :func:`kdlight.config_errors.explain`)
+    exits with status 2 like any usage error, one rejected while building or running (``USER_ERRORS``)
+    with status 1. Set ``KDLIGHT_TRACEBACK=1`` for the traceback with the full original message.
     """
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _drop_litlogger_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(_drop_litlogger_tip)
-    try:
-        return KDLightCLI(args=args)
-    except USER_ERRORS as err:
+    try:  # exit_on_error=False: jsonargparse raises instead of printing its usage and nested message
+        return KDLightCLI(args=args, parser_kwargs={"default_env": False, "exit_on_error": False})
+    except (ArgumentError, *USER_ERRORS) as err:
         if os.environ.get("KDLIGHT_TRACEBACK"):
             raise
-        err = root_cause(err)  # jsonargparse wraps errors raised while building the classes
-        message = str(err).strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        raise SystemExit(1) from None
+        if isinstance(err, ArgumentError):
+            message, status = explain(str(err)), 2
+        else:
+            err, status = root_cause(err), 1  # jsonargparse wraps errors raised while building the classes
+            message = str(err).strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the full text)", file=sys.stderr)
+        raise SystemExit(status) from None
 
 
 def console() -> None:
     """The ``kdlight`` console script: :func:`main` on ``sys.argv``, exit status 0 on success
     (the console-script wrapper passes the return value to ``sys.exit``, which would print a
-    returned CLI object and exit with 1)."""
+    returned CLI object and exit with 1). Like ``python -m kdlight`` it imports user code
+    (``class_path: my_package.MyNet``) from the working directory."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     main()

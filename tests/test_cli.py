@@ -93,7 +93,7 @@ def test_installed_console_script_exits_0_after_a_fit(tmp_path):
 
 
 def test_optimizer_comes_from_the_model_config():
-    cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=null",
+    cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true",
                   "--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1", *FAST)
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1
@@ -115,4 +115,21 @@ def test_first_fit_of_a_shipped_config_is_quiet(tmp_path, monkeypatch, caplog):
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "is not empty" in m or "in eval mode" in m], messages
     assert "litlogger" not in caplog.text and "GPU available" in caplog.text
-    assert (tmp_path / "runs" / "digits" / "kd" / "config.yaml").is_file()
+    assert (tmp_path / "runs" / "digits" / "kd" / "version_0" / "config.yaml").is_file()
+
+
+def test_console_script_imports_user_models_from_the_working_directory(tmp_path):
+    """``class_path: my_package.TinyNet`` next to the user's config works with the ``kdlight`` script
+    as it does with ``python -m kdlight`` (which puts the working directory on sys.path)."""
+    (tmp_path / "my_package").mkdir()
+    (tmp_path / "my_package" / "__init__.py").write_text(
+        "import torch\n\nclass TinyNet(torch.nn.Module):\n"
+        "    def __init__(self, width: int = 4):\n        super().__init__()\n"
+        "        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
+        "    def forward(self, x):\n        return self.net(x)\n")
+    script = Path(sys.executable).parent / "kdlight"
+    args = [str(script), "fit", "-c", str(DIGITS / "scratch.yaml"), "--model.init_args.model.class_path=my_package.TinyNet",
+            "--print_config"]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "my_package.TinyNet" in out.stdout

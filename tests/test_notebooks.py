@@ -109,7 +109,7 @@ def test_quickstart_outputs(run_notebook, workdir):
     text = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
     assert "| teacher (CNN) |" in text and "| student distilled, KD (MLP) |" in text and "untrained student" in text
     assert (workdir / "runs" / "quickstart" / "kd" / "best.ckpt").is_file()
-    assert (workdir / "runs" / "quickstart" / "kd" / "metrics.csv").is_file()
+    assert (workdir / "runs" / "quickstart" / "kd" / "latest" / "metrics.csv").is_file()
 
 
 def test_explanation_agreement_shows_figures(run_notebook):

@@ -86,13 +86,13 @@ def test_fit_with_the_wandb_fragment_logs_everything_offline(tmp_path, offline_w
         "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"), "-c", str(FRAGMENT), "-c", str(tmp_path / "callbacks.yaml"),
         "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={save_dir}",
+        "--trainer.enable_model_summary=false", f"--run_dir={save_dir}",  # the logger follows run_dir
         "--trainer.logger.init_args.offline=true",
     ])
     logger = cli.trainer.logger
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
-    assert run_dir.parent == save_dir / "wandb" and run_dir.name.startswith("offline-run-")
+    assert run_dir.parent == save_dir / "version_0" / "wandb" and run_dir.name.startswith("offline-run-")
 
     keys, config = _raw_run(run_dir)
     for key in ("train/loss", "train/loss_kd", "train/loss_ce"):  # step values as <key> or <key>_step
@@ -152,9 +152,9 @@ def test_config_callback_leaves_csv_logs_alone(tmp_path):
     kdlight.cli.KDLightCLI(
         args=["fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.callbacks=[]",
               "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+              f"--run_dir={tmp_path}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false"],
         save_config_callback=LoggerSaveConfigCallback,
     )
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
-    assert CLI_CONFIG_KEY not in yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert yaml.safe_load((tmp_path / "version_0" / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
+    assert CLI_CONFIG_KEY not in yaml.safe_load((tmp_path / "version_0" / "hparams.yaml").read_text())
