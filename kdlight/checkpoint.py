@@ -23,9 +23,12 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
         return dict(state)
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
+    nested = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())] \
+        if isinstance(obj, dict) else []
+    where = f" (a dict whose state_dict seems to be under key {nested[0]!r}: save that one)" if nested else ""
     raise ValueError(
         f"teacher checkpoint {path} holds neither a Lightning checkpoint nor a state_dict "
-        f"(got {type(obj).__name__}); save one with torch.save(model.state_dict(), path)"
+        f"(got {type(obj).__name__}{where}); save one with torch.save(model.state_dict(), path)"
     )
 
 

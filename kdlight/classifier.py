@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch
+from kdlight.objectives.base import check_arg
 
 
 class ClassifierModule(SupervisedBase):
@@ -31,7 +32,8 @@ class ClassifierModule(SupervisedBase):
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["model", "optimizer", "lr_scheduler"])
         self.model = model
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_arg("ClassifierModule", "label_smoothing", label_smoothing, "fraction",
+                                         "0 turns label smoothing off, 0.1 is usual")
 
     def setup(self, stage: str) -> None:
         num_classes = self.resolve_num_classes(probe(self.model, self.example_input()))

@@ -177,6 +177,14 @@ class DistillationModule(SupervisedBase):
                 f"teacher outputs {t_classes} classes but student outputs {s_classes}; "
                 "give both models the same num_classes"
             )
+        for role, wanted, tapped in (("student", self.objective.student_layers, step.student_features),
+                                     ("teacher", self.objective.teacher_layers, step.teacher_features)):
+            silent = [name for name in dict.fromkeys(wanted) if name not in tapped]
+            if silent:
+                raise ValueError(
+                    f"{role} layer(s) {silent} of {type(getattr(self, role)).__name__} never run in its forward, so the "
+                    f"objective cannot read their outputs; name layers that forward calls (see print({role}))"
+                )
         self.objective.build(step)
         self._feature_shapes = {
             "student": {k: tuple(v.shape) for k, v in step.student_features.items()},

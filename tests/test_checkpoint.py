@@ -93,3 +93,13 @@ def test_a_lightning_checkpoint_of_another_model_is_one_line(teacher_checkpoint)
     assert "\n" not in message
     assert message.startswith(f"teacher_checkpoint {teacher_checkpoint} does not match the teacher model (MLP): missing keys [")
     assert "unexpected keys [" in message and "conv1" in message
+
+
+def test_a_wrapped_state_dict_names_the_key_that_holds_it(tmp_path):
+    from kdlight.checkpoint import load_weights
+
+    model = torch.nn.Linear(2, 2)
+    path = tmp_path / "wrapped.pt"
+    torch.save({"model": model.state_dict(), "epoch": 3}, path)
+    with pytest.raises(ValueError, match="state_dict seems to be under key 'model'"):
+        load_weights(torch.nn.Linear(2, 2), path)

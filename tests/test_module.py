@@ -186,3 +186,30 @@ def test_frozen_teacher_does_not_trip_lightning_s_eval_mode_warning(digits):
     student.conv1.eval()  # a student module left in eval mode is a real problem: still warned
     student.train = lambda mode=True: student  # keep it there when Lightning calls train()
     assert len(_eval_mode_warnings(DistillationModule(digits_teacher(), student, optimizer=adam, teacher_as_given=True), digits)) == 1
+
+
+class _WithIdleLayer(nn.Module):
+    """A digits CNN student with a submodule that forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = digits_student()
+        self.idle = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_feature_layer_that_forward_never_runs_is_named_at_setup(digits):
+    module = DistillationModule(digits_teacher(), _WithIdleLayer(), objective=Hint("idle", "conv2"),
+                                optimizer=adam, teacher_as_given=True)
+    with pytest.raises(ValueError, match=r"student layer\(s\) \['idle'\] of _WithIdleLayer never run in its forward"):
+        tiny_trainer(max_epochs=1).fit(module, datamodule=digits)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_classifier_label_smoothing_outside_0_1_is_refused(value):
+    from kdlight import ClassifierModule
+
+    with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\].*ClassifierModule"):
+        ClassifierModule(digits_student(), label_smoothing=value)
