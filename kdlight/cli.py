@@ -14,7 +14,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from kdlight.artifacts import LoggerSaveConfigCallback
-from kdlight.config_errors import explain
+from kdlight.config_errors import check_trainer_config, explain
 from kdlight.errors import NonFiniteLossError
 from kdlight.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name
 from kdlight.summary import FitSummary
@@ -40,7 +40,7 @@ class KDLightCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("parser_kwargs", {}).setdefault("default_env", False)
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)  # resolved config into W&B too
         kwargs.setdefault("trainer_defaults", {}).setdefault("callbacks", [FitSummary()])  # best-metrics summary
         self.run_plan: RunPlan | None = None
@@ -87,6 +87,8 @@ class KDLightCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:
             return
+        if self.subcommand:
+            check_trainer_config(config["trainer"])
         self._use_teacher_in_checkpoint(config)
         if config.get("weights_only", "absent") is None:
             config["weights_only"] = True  # Lightning unpickles checkpoints given as URLs in full
@@ -168,7 +170,7 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
     if _drop_litlogger_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(_drop_litlogger_tip)
     try:  # exit_on_error=False: jsonargparse raises instead of printing its usage and nested message
-        return KDLightCLI(args=args, parser_kwargs={"default_env": False, "exit_on_error": False})
+        return KDLightCLI(args=args, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, *USER_ERRORS) as err:
         if os.environ.get("KDLIGHT_TRACEBACK"):
             raise
