@@ -74,6 +74,11 @@ def csv_rows(path: Path) -> pd.DataFrame:
     return pd.read_csv(path / "metrics.csv")
 
 
+def row_set(frame: pd.DataFrame) -> list[str]:
+    """The rows of ``frame`` as canonical strings of their non-empty cells, sorted."""
+    return sorted(repr(sorted((str(k), repr(v)) for k, v in row.items() if pd.notna(v))) for row in frame.to_dict("records"))
+
+
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Equal logged values (columns in any order; a column all-NaN in one frame may be absent there)."""
     columns = sorted(set(a.columns) | set(b.columns))
@@ -110,8 +115,13 @@ def resume(config: str, *extra: str):
     before = csv_rows(run_dir(config))
     cli = fit(config, f"--trainer.max_epochs={EPOCHS}", *extra, "--ckpt_path", str(run_dir(config) / "last.ckpt"))
     rows = csv_rows(run_dir(config))
-    # the first process's rows up to its checkpoint stay as they were, the resumed epochs follow
-    same_rows(rows[rows["epoch"] <= resumed_from], before[before["epoch"] <= resumed_from])
+    # the first process's rows up to its checkpoint stay as they were, the resumed epochs follow; rows
+    # logged at or after the checkpoint's step (the first fit's end-of-fit explanation) are set aside
+    aside = [pd.read_csv(p) for p in run_dir(config).glob("metrics.before-resume-*.csv")]
+    kept = rows[rows["epoch"] <= resumed_from]
+    both = pd.concat([kept, *aside])
+    assert row_set(both[both["epoch"] <= resumed_from]) == row_set(before[before["epoch"] <= resumed_from])
+    assert row_set(pd.concat([kept, *aside])) == row_set(before)  # nothing the first process logged is lost
     assert sorted(rows["epoch"].unique()) == list(range(EPOCHS)), rows
     return cli, rows
 
