@@ -9,10 +9,10 @@ __all__ = ["ClassifierModule", "DistillationModule", "DistillStep", "LossTerm"]
 
 # Imported on first use, so ``import kdlight.functional`` stays light (no Lightning).
 _LAZY = {
-    "ClassifierModule": "kdlight.classifier",
-    "DistillationModule": "kdlight.module",
-    "DistillStep": "kdlight.step",
-    "LossTerm": "kdlight.step",
+    "ClassifierModule": "kdlight.training.classifier",
+    "DistillationModule": "kdlight.training.distillation",
+    "DistillStep": "kdlight.core.step",
+    "LossTerm": "kdlight.core.step",
 }
 
 

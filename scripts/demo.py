@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from kdlight.cli import main as kdlight
-from kdlight.evaluate import compare_models, format_table, load_network
-from kdlight.reinit import reinitialized
-from kdlight.runs import next_version
+from kdlight.analysis.compare import compare_models, format_table, load_network
+from kdlight.training.reinit import reinitialized
+from kdlight.reporting.runs import next_version
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = [  # (row label, config, role of the network in its checkpoint)

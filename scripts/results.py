@@ -9,10 +9,10 @@ summary off. The ``ExplanationAgreement`` monitoring callback of the configs is 
 ``--explain-callback`` is given (it only logs validation curves; the table is computed here).
 
 Each run's best checkpoint (highest ``val/acc``) is then evaluated on that seed's TEST split with
-``kdlight.evaluate.compare_models`` against that seed's teacher: accuracy, macro-F1, top-1
+``kdlight.analysis.compare.compare_models`` against that seed's teacher: accuracy, macro-F1, top-1
 agreement, KL(t‖s), Spearman rank correlation of |saliency| and cosine of integrated-gradients
 maps (both for the teacher's predicted class). Untrained copies of the student architectures
-(``kdlight.reinit.reinitialized``) give the chance level of the agreement measures.
+(``kdlight.training.reinit.reinitialized``) give the chance level of the agreement measures.
 
     python scripts/results.py --dataset digits                    # 3 seeds, epochs of the configs
     python scripts/results.py --dataset mnist1d --seeds 3 --epochs 30
@@ -124,7 +124,7 @@ def run_overrides(
 def fit(config: Path, run_dir: Path, seed: int, **kwargs):
     """Run one config for one seed; return ``(trained network in eval mode, datamodule, best ckpt)``."""
     from kdlight.cli import main as kdlight
-    from kdlight.evaluate import load_network
+    from kdlight.analysis.compare import load_network
 
     run_dir.mkdir(parents=True, exist_ok=True)
     args = run_overrides(config, run_dir, seed, **kwargs)
@@ -280,8 +280,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Run, evaluate, write the section; return the section's markdown."""
-    from kdlight.evaluate import compare_models
-    from kdlight.reinit import reinitialized
+    from kdlight.analysis.compare import compare_models
+    from kdlight.training.reinit import reinitialized
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

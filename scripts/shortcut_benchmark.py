@@ -19,7 +19,7 @@ seed's TEST split:
 * *follows cue*: among test images whose random cue names a wrong class, the fraction predicted
   as the cue's class (chance ~ 1/9 for a model that ignores the cue and errs at random, far less
   for an accurate one);
-* top-1 agreement and saliency rank correlation with the teacher (``kdlight.evaluate.compare_models``);
+* top-1 agreement and saliency rank correlation with the teacher (``kdlight.analysis.compare.compare_models``);
 * the fraction of attribution mass on the cue region (the 16 side-column pixels; a uniform map
   would put 25 % there): sum of |saliency| (resp. |integrated gradients|, zero baseline) over
   the region divided by the sum over the image, for each model's own predicted class, averaged
@@ -128,8 +128,8 @@ def parse_args(argv: Sequence[str] | None):
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    from kdlight.evaluate import compare_models
-    from kdlight.reinit import reinitialized
+    from kdlight.analysis.compare import compare_models
+    from kdlight.training.reinit import reinitialized
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

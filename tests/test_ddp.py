@@ -165,7 +165,7 @@ def test_surrogate_is_fitted_on_every_probe(runs):
 def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
     """``kdlight fit -c configs/digits/kd.yaml`` with 2 CPU processes, as a user starts it: the
     config's callbacks and logger, the CLI's config saving and fit summary, no collective left
-    waiting on one rank (waits on kdlight/artifacts.py not calling ``trainer.log_dir``, a broadcast,
+    waiting on one rank (waits on kdlight/reporting/artifacts.py not calling ``trainer.log_dir``, a broadcast,
     from ``save_config``, which runs on rank 0 only)."""
     command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",

@@ -106,7 +106,7 @@ def resume(config: str, *extra: str):
     """``kdlight fit ... --trainer.max_epochs=4 --ckpt_path runs/digits/<config>/version_0/last.ckpt``.
 
     Returns the CLI and the CSV rows of the run: the resumed fit continues the first process's
-    ``metrics.csv`` (kdlight.runs), so it holds every epoch once. Every caller stopped the first
+    ``metrics.csv`` (kdlight.reporting.runs), so it holds every epoch once. Every caller stopped the first
     process after epoch 1 (a 2-epoch fit, or a kill inside epoch 2): the configs' second
     ModelCheckpoint writes last.ckpt after every epoch, so nothing is trained twice.
     """
@@ -265,7 +265,7 @@ def test_killed_and_resumed_fit_equals_uninterrupted_fit(teacher, straight, tmp_
 
 
 def test_checkpoint_holds_the_teacher_weights(teacher, straight):
-    from kdlight.checkpoint import _extract_state_dict
+    from kdlight.core.weights import _extract_state_dict
 
     with working_dir(straight("hint")["dir"]):
         state = load(run_dir("hint") / "last.ckpt")["state_dict"]
@@ -288,7 +288,7 @@ def test_resume_uses_the_checkpointed_teacher_not_a_changed_teacher_file(teacher
 
 
 def test_resume_after_the_teacher_file_was_deleted_with_the_same_command(teacher, straight, tmp_path):
-    """Waits on kdlight/cli.py: with ``--ckpt_path`` pointing at an existing checkpoint, a missing
+    """Waits on kdlight/cli/__init__.py: with ``--ckpt_path`` pointing at an existing checkpoint, a missing
     ``teacher_checkpoint`` file must not stop the run (the checkpoint holds the teacher).
 
     Today ``DistillationModule.__init__`` reads the file and fails. ``--model.init_args.teacher_checkpoint=null``

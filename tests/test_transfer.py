@@ -12,8 +12,8 @@ from kdlight import DistillationModule
 from kdlight.data import DigitsDataModule, MNIST1DDataModule
 from kdlight.functional.distillation import dkd_loss
 from kdlight.objectives import DKD, KD, CrossEntropy
-from kdlight.step import UNLABELED, DistillStep
-from kdlight.transforms import Compose, CutMix, MixUp, RandomShift
+from kdlight.core.step import UNLABELED, DistillStep
+from kdlight.training.transforms import Compose, CutMix, MixUp, RandomShift
 
 
 def adam(p):

@@ -21,8 +21,8 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from kdlight.artifacts import log_image, log_table
-from kdlight.cache import data_fingerprint, teacher_fingerprint
+from kdlight.reporting.artifacts import log_image, log_table
+from kdlight.training.teacher_cache import data_fingerprint, teacher_fingerprint
 from kdlight.explain.background import lowest_cpu_priority, unhooked_copy
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
 from kdlight.explain.methods import (
@@ -40,7 +40,7 @@ from kdlight.explain.methods import (
 from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
 from kdlight.explain.plots import explanation_image
 from kdlight.explain.surrogate import fit_surrogate
-from kdlight.reinit import reinitialized
+from kdlight.training.reinit import reinitialized
 
 TARGETS = ("teacher", "label", "student")
 LOCAL_METHODS = frozenset({"saliency", "grad_cam"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdlight.checkpoint import load_weights
+from kdlight.core.weights import load_weights
 
 
 class TeacherEnsemble(nn.Module):
@@ -17,7 +17,7 @@ class TeacherEnsemble(nn.Module):
 
     Args:
         members: the teacher networks; all must output the same number of classes for the same input.
-        checkpoints: one file per member, loaded with :func:`kdlight.checkpoint.load_weights` (a
+        checkpoints: one file per member, loaded with :func:`kdlight.core.weights.load_weights` (a
             ``ClassifierModule`` / ``DistillationModule`` checkpoint or a ``state_dict`` file). Leave it
             out when the ensemble's weights come from elsewhere (``DistillationModule``'s
             ``teacher_checkpoint`` holding a whole ensemble, or a resumed checkpoint).

@@ -5,8 +5,8 @@ import math
 
 from torch import nn
 
-from kdlight.schedules import Schedule, resolve
-from kdlight.step import DistillStep, LossTerm
+from kdlight.core.schedules import Schedule, resolve
+from kdlight.core.step import DistillStep, LossTerm
 
 # kind: (lowest, highest, lowest allowed itself, what the value must do, the same for inf, default fix)
 RANGES = {
@@ -69,7 +69,7 @@ class Objective(nn.Module):
 
     @staticmethod
     def term(name: str, value, weight: float | Schedule, step: DistillStep, samples: str = "all") -> LossTerm:
-        """A :class:`LossTerm` whose weight may follow a :class:`~kdlight.schedules.Schedule`.
+        """A :class:`LossTerm` whose weight may follow a :class:`~kdlight.core.schedules.Schedule`.
 
         A scheduled weight that goes below 0 at this step is an error (a custom schedule may)."""
         weight_now = resolve(weight, step.epoch, step.global_step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from kdlight.objectives.base import Objective, check_arg
-from kdlight.step import DistillStep, LossTerm
+from kdlight.core.step import DistillStep, LossTerm
 
 
 class Composite(Objective):

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from kdlight.explain.methods import TRAINING_MAP_KINDS, input_gradient_map
 from kdlight.objectives.base import Objective, check_arg
-from kdlight.schedules import Schedule
-from kdlight.step import DistillStep, LossTerm
+from kdlight.core.schedules import Schedule
+from kdlight.core.step import DistillStep, LossTerm
 
 
 class ExplanationMatching(Objective):

@@ -6,8 +6,8 @@ from torch import Tensor, nn
 
 from kdlight.functional.distillation import attention_transfer_loss, pkt_loss, rkd_loss
 from kdlight.objectives.base import Objective, check_arg
-from kdlight.schedules import Schedule
-from kdlight.step import DistillStep, LossTerm
+from kdlight.core.schedules import Schedule
+from kdlight.core.step import DistillStep, LossTerm
 
 
 def make_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], kernel_size: int) -> nn.Module:

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from kdlight.functional.distillation import dkd_loss, kd_loss
 from kdlight.objectives.base import Objective, check_arg
-from kdlight.schedules import LinearWarmup, Schedule, resolve
-from kdlight.step import UNLABELED, DistillStep, LossTerm
+from kdlight.core.schedules import LinearWarmup, Schedule, resolve
+from kdlight.core.step import UNLABELED, DistillStep, LossTerm
 
 
 def temperature_at(owner: Objective, temperature: float | Schedule, step: DistillStep) -> float:
@@ -41,7 +41,7 @@ class CrossEntropy(Objective):
 class KD(Objective):
     """Hinton KD: ``(1 - alpha) * CE + alpha * T^2 * KL(p_t || p_s)`` (terms ``ce`` and ``kd``).
 
-    ``temperature`` may be a :class:`~kdlight.schedules.Schedule` (per epoch or step).
+    ``temperature`` may be a :class:`~kdlight.core.schedules.Schedule` (per epoch or step).
     """
 
     def __init__(self, temperature: float | Schedule = 4.0, alpha: float = 0.9) -> None:
@@ -62,7 +62,7 @@ class DKD(Objective):
     The warm-up factor is ``min(epoch / warmup_epochs, 1)`` with epochs counted from 1, as in the
     reference code, expressed as ``LinearWarmup(warmup_epochs)`` (Lightning counts from 0, so epoch
     ``e`` uses ``(e + 1) / warmup_epochs``). ``warmup_epochs=0`` disables it; ``warmup`` takes
-    any other :class:`~kdlight.schedules.Schedule` instead. Terms: ``ce`` and ``dkd``.
+    any other :class:`~kdlight.core.schedules.Schedule` instead. Terms: ``ce`` and ``dkd``.
     """
 
     def __init__(

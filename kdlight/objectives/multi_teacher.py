@@ -10,8 +10,8 @@ from torch import Tensor
 from kdlight.functional.distillation import kd_loss
 from kdlight.objectives.base import Objective, check_arg
 from kdlight.objectives.logits import ALPHA_FIX, CrossEntropy, temperature_at
-from kdlight.schedules import Schedule
-from kdlight.step import DistillStep, LossTerm
+from kdlight.core.schedules import Schedule
+from kdlight.core.step import DistillStep, LossTerm
 
 MODES = ("average", "each")
 
@@ -41,7 +41,7 @@ class MultiTeacherKD(Objective):
     KD on the ensemble's mean logits, which is what ``KD`` with the ensemble as teacher gives).
     ``mode="each"``: one term per teacher, ``kd_0``, ``kd_1``, ... each the KD loss to that teacher
     with weight ``alpha / num_teachers``. Every KL is scaled by ``T^2`` and averaged over the batch.
-    ``temperature`` may be a :class:`~kdlight.schedules.Schedule`. Term ``ce`` (weight ``1 - alpha``)
+    ``temperature`` may be a :class:`~kdlight.core.schedules.Schedule`. Term ``ce`` (weight ``1 - alpha``)
     needs labels and is left out when ``alpha == 1``.
     """
 

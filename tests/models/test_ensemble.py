@@ -10,7 +10,7 @@ from kdlight import DistillationModule
 from kdlight.models import MLP, CNN2d
 from kdlight.models.ensemble import TeacherEnsemble
 from kdlight.objectives.multi_teacher import MultiTeacherKD
-from kdlight.taps import FeatureTaps
+from kdlight.training.taps import FeatureTaps
 
 
 def members(n: int = 3, classes: int = 4) -> list[nn.Module]:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlight.objectives import ExplanationMatching
-from kdlight.step import DistillStep
+from kdlight.core.step import DistillStep
 
 
 def small_cnn(seed: int) -> nn.Module:

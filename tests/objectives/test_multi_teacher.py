@@ -7,8 +7,8 @@ import torch
 
 from kdlight.objectives import KD
 from kdlight.objectives.multi_teacher import MultiTeacherKD, averaged_kd_loss
-from kdlight.schedules import Cosine
-from kdlight.step import DistillStep, total_loss
+from kdlight.core.schedules import Cosine
+from kdlight.core.step import DistillStep, total_loss
 
 B, C = 6, 5
 

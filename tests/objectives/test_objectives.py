@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from kdlight.functional.distillation import attention_transfer_loss, dkd_loss, kd_loss, pkt_loss, rkd_loss
 from kdlight.objectives import DKD, KD, PKT, RKD, AttentionTransfer, Composite, CrossEntropy, Hint
-from kdlight.step import DistillStep, total_loss
+from kdlight.core.step import DistillStep, total_loss
 
 
 def make_step(features=None, epoch=0, batch=6, classes=5, labeled=True) -> DistillStep:

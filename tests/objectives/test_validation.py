@@ -20,8 +20,8 @@ from kdlight.objectives import (
     MultiTeacherKD,
 )
 from kdlight.objectives.base import check_arg
-from kdlight.schedules import Constant, Cosine, LinearWarmup, Schedule
-from kdlight.step import DistillStep
+from kdlight.core.schedules import Constant, Cosine, LinearWarmup, Schedule
+from kdlight.core.step import DistillStep
 
 NEG = -0.5
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kdlight.objectives import DKD, KD
-from kdlight.schedules import Constant, Cosine, LinearWarmup, resolve
+from kdlight.core.schedules import Constant, Cosine, LinearWarmup, resolve
 from kdlight.functional.distillation import kd_loss
-from kdlight.step import DistillStep
+from kdlight.core.step import DistillStep
 
 
 def test_linear_warmup_matches_dkd_reference_and_units():

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_f1_score
 
-from kdlight.checkpoint import load_weights
+from kdlight.core.weights import load_weights
 from kdlight.explain.methods import AttributionConfig, attribute
 from kdlight.functional.agreement import cosine_agreement, predictive_kl, rank_correlation, top1_agreement
 

@@ -1,11 +1,11 @@
-"""kdlight.base: training-log arithmetic."""
+"""kdlight.training.base: training-log arithmetic."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score
 
-from kdlight.base import accuracy_and_macro_f1, confusion_counts
+from kdlight.training.base import accuracy_and_macro_f1, confusion_counts
 
 
 def test_confusion_counts_match_sklearn():

@@ -10,7 +10,7 @@ from conftest import REPO, digits_student, digits_teacher, tiny_trainer
 from kdlight import ClassifierModule, DistillationModule
 from kdlight.analysis import load_run
 from kdlight.explain import ExplanationAgreement
-from kdlight.summary import FitSummary
+from kdlight.reporting.summary import FitSummary
 
 SMALL = dict(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1)
 
@@ -70,7 +70,7 @@ def test_summary_without_validation_and_quiet(tmp_path, digits, capsys):
 
 
 def test_on_by_default_through_trainer_defaults(capsys):
-    """The line proposed for kdlight/cli.py: FitSummary survives a config's own callback list."""
+    """The line proposed for kdlight/cli/__init__.py: FitSummary survives a config's own callback list."""
     from kdlight.cli import KDLightCLI
 
     KDLightCLI(args=["fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.callbacks=[]",

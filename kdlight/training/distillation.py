@@ -13,15 +13,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
-from kdlight.cache import TeacherCache, data_fingerprint, teacher_fingerprint
-from kdlight.checkpoint import checkpoint_sources, load_weights
+from kdlight.training.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
+from kdlight.training.teacher_cache import TeacherCache, data_fingerprint, teacher_fingerprint
+from kdlight.core.weights import checkpoint_sources, load_weights
 from kdlight.data.base import teacher_data_overlap
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
-from kdlight.step import UNLABELED, DistillStep, LossTerm, total_loss
-from kdlight.taps import FeatureTaps
-from kdlight.transforms import BatchTransform
+from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
+from kdlight.training.taps import FeatureTaps
+from kdlight.training.transforms import BatchTransform
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -46,7 +46,7 @@ class DistillationModule(SupervisedBase):
 
     Data modules with an unlabeled transfer set yield ``{"labeled": (x, y), "transfer": (x,)}``
     batches: label terms (CE, DKD) see the labeled samples, teacher-matching terms all of them.
-    ``batch_transform`` (e.g. :class:`kdlight.transforms.MixUp`) augments the whole batch inside
+    ``batch_transform`` (e.g. :class:`kdlight.training.transforms.MixUp`) augments the whole batch inside
     the step, so teacher and student see the identical view ("function matching"); mixing
     transforms drop the labels.
 

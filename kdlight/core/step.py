@@ -16,7 +16,7 @@ class DistillStep:
     """Everything an objective may read for one batch.
 
     ``student_features`` / ``teacher_features`` map a submodule path (e.g. ``"layer3"``) to that
-    submodule's output, captured by :class:`kdlight.taps.FeatureTaps`. ``target`` is ``None`` when
+    submodule's output, captured by :class:`kdlight.training.taps.FeatureTaps`. ``target`` is ``None`` when
     no sample of the batch has a label, and holds :data:`UNLABELED` for the unlabeled ones of a
     mixed batch (labeled samples first). ``student`` / ``teacher`` are the models themselves, for objectives that
     need to differentiate through them (explanation matching).

@@ -178,7 +178,7 @@ def resumed_config_name(directory: Path) -> str:
 
 
 # -- pointing the trainer at the plan -------------------------------------------------------------
-CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger", "kdlight.runs.RunCSVLogger")
+CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger", "kdlight.reporting.runs.RunCSVLogger")
 
 
 def _logger_init(logger: Any, plan: RunPlan) -> Any:
@@ -189,7 +189,7 @@ def _logger_init(logger: Any, plan: RunPlan) -> Any:
     if init_args is None:
         init_args = logger["init_args"] = type(logger)()
     if class_path in CSV_LOGGERS:
-        logger["class_path"] = "kdlight.runs.RunCSVLogger"
+        logger["class_path"] = "kdlight.reporting.runs.RunCSVLogger"
         init_args.update({"save_dir": str(plan.target), "name": "", "version": ""})
     elif class_path.endswith("TensorBoardLogger"):
         init_args.update({"save_dir": str(plan.target), "name": "tensorboard", "version": ""})
@@ -209,7 +209,7 @@ def place_trainer(trainer: Any, plan: RunPlan) -> None:
     if logger is None or logger is True:
         from jsonargparse import Namespace
 
-        trainer["logger"] = Namespace(class_path="kdlight.runs.RunCSVLogger", init_args=Namespace(
+        trainer["logger"] = Namespace(class_path="kdlight.reporting.runs.RunCSVLogger", init_args=Namespace(
             save_dir=str(plan.target), name="", version=""))
     elif isinstance(logger, list):
         trainer["logger"] = [_logger_init(one, plan) for one in logger]

@@ -13,11 +13,11 @@ from typing import Optional
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from kdlight.artifacts import LoggerSaveConfigCallback
-from kdlight.config_errors import check_trainer_config, explain
-from kdlight.errors import NonFiniteLossError
-from kdlight.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name
-from kdlight.summary import FitSummary
+from kdlight.reporting.artifacts import LoggerSaveConfigCallback
+from kdlight.cli.errors import check_trainer_config, explain
+from kdlight.core.errors import NonFiniteLossError
+from kdlight.reporting.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name
+from kdlight.reporting.summary import FitSummary
 
 # Errors that describe a problem in the user's config or files: shown as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError, KeyError, MisconfigurationException)
@@ -32,7 +32,7 @@ class KDLightCLI(LightningCLI):
 
     ``run_dir`` (top level of a config, or ``--run_dir``) names the run: loggers, checkpoints and
     ``default_root_dir`` follow it, every fit gets a new version and evaluations write beside the
-    checkpoint they evaluate (:mod:`kdlight.runs`). Checkpoints given by ``--ckpt_path`` are loaded
+    checkpoint they evaluate (:mod:`kdlight.reporting.runs`). Checkpoints given by ``--ckpt_path`` are loaded
     weights-only unless ``--weights_only=false`` is passed.
     """
 
@@ -48,7 +48,7 @@ class KDLightCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=Optional[str], default=None,
-                            help="Directory that names the run: each fit writes <run_dir>/version_<n>/ (see kdlight.runs)")
+                            help="Directory that names the run: each fit writes <run_dir>/version_<n>/ (see kdlight.reporting.runs)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="Allow resuming a checkpoint in place although its run went on to later epochs")
 
@@ -162,7 +162,7 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
     """Run the CLI (``kdlight``, ``python -m kdlight``, or in-process); ``args`` replaces ``sys.argv``.
 
     Problems a user can fix print one line (``kdlight: error: ...``): a config the parser rejects
-    (unknown key or class, wrong type, missing file; see :func:`kdlight.config_errors.explain`)
+    (unknown key or class, wrong type, missing file; see :func:`kdlight.cli.errors.explain`)
     exits with status 2 like any usage error, one rejected while building or running (``USER_ERRORS``)
     with status 1. Set ``KDLIGHT_TRACEBACK=1`` for the traceback with the full original message.
     """

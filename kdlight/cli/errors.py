@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: packages searched for the classes a ``class_path`` may name
-PACKAGES = ("kdlight", "kdlight.models", "kdlight.objectives", "kdlight.data", "kdlight.explain", "kdlight.schedules")
+PACKAGES = ("kdlight", "kdlight.models", "kdlight.objectives", "kdlight.data", "kdlight.explain", "kdlight.core.schedules")
 #: keys of a subcommand's config besides trainer/model/data arguments
 TOP_LEVEL_KEYS = ("config", "print_config", "seed_everything", "trainer", "model", "data", "ckpt_path",
                   "weights_only", "run_dir", "overwrite")

@@ -1,4 +1,4 @@
-"""kdlight.rng: RNG states survive a weights-only checkpoint round trip."""
+"""kdlight.core.rng: RNG states survive a weights-only checkpoint round trip."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from kdlight.rng import rng_state, set_rng_state
+from kdlight.core.rng import rng_state, set_rng_state
 
 
 def _draws() -> tuple:

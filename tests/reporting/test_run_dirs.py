@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 from kdlight.analysis import load_run
 from kdlight.cli import main
-from kdlight.runs import TEMP_MARK, AtomicCheckpointIO, RunCSVLogger, next_version
+from kdlight.reporting.runs import TEMP_MARK, AtomicCheckpointIO, RunCSVLogger, next_version
 
 DIGITS = REPO / "configs" / "digits"
 QUICK = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",

@@ -267,7 +267,7 @@ def test_classifier_checkpoint_where_a_distillation_module_is_needed(runs, digit
     with pytest.raises(ValueError) as err:
         heatmaps_from_checkpoint(runs["teacher"] / "best.ckpt", digits, indices=[0])
     message = str(err.value)
-    assert "kdlight.ClassifierModule" in message and "kdlight.module.DistillationModule" in message
+    assert "kdlight.ClassifierModule" in message and "kdlight.training.distillation.DistillationModule" in message
     from kdlight import ClassifierModule
 
     assert isinstance(load_module(runs["teacher"] / "best.ckpt", ClassifierModule), ClassifierModule)
@@ -276,7 +276,7 @@ def test_classifier_checkpoint_where_a_distillation_module_is_needed(runs, digit
 def test_checkpoints_not_written_by_the_cli(tmp_path):
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {"model.weight": torch.zeros(1)}, "hyper_parameters": {}}, plain)
-    with pytest.raises(ValueError, match="holds a kdlight.ClassifierModule but a kdlight.module.DistillationModule"):
+    with pytest.raises(ValueError, match="holds a kdlight.ClassifierModule but a kdlight.training.distillation.DistillationModule"):
         load_module(plain)
     distilled = tmp_path / "distilled.ckpt"
     torch.save({"state_dict": {"teacher.w": torch.zeros(1), "student.w": torch.zeros(1)}, "hyper_parameters": {}}, distilled)

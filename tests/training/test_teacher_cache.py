@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.cache import TeacherCache, _host
+from kdlight.training.teacher_cache import TeacherCache, _host
 from kdlight.data import DigitsDataModule
 from kdlight.objectives import KD, Composite, Hint
 
@@ -169,7 +169,7 @@ def test_validation_cache_recomputes_a_batch_that_changed():
 
 
 def test_validation_fingerprint_sees_flips_and_reorderings():
-    from kdlight.module import _batch_fingerprint
+    from kdlight.training.distillation import _batch_fingerprint
 
     x = torch.randn(6, 1, 8, 8)
     same = _batch_fingerprint(x.clone())

@@ -1,4 +1,4 @@
-"""Config mistakes reach the user as one line with a suggestion (kdlight.config_errors, kdlight.cli.main)."""
+"""Config mistakes reach the user as one line with a suggestion (kdlight.cli.errors, kdlight.cli.main)."""
 from __future__ import annotations
 
 import textwrap
@@ -10,7 +10,7 @@ import yaml
 from jsonargparse import Namespace
 
 from conftest import REPO
-from kdlight import config_errors as ce
+from kdlight.cli import errors as ce
 from kdlight.cli import main
 
 DIGITS = REPO / "configs" / "digits"
@@ -60,7 +60,7 @@ TEMPERATURE_ABC = in_objective("""
 
           - Expected a path but abc either not accessible or invalid
           - Does not validate against any of the Union subtypes
-          Subtypes: [<class 'float'>, <class 'kdlight.schedules.Schedule'>]
+          Subtypes: [<class 'float'>, <class 'kdlight.core.schedules.Schedule'>]
           Errors:
             - Expected a <class 'float'>
             - Expected a dot import path string: abc
@@ -88,12 +88,12 @@ def test_key_path_follows_parser_keys_and_class_paths():
     index = next(i for i, line in enumerate(parsed) if line.text == "Expected a <class 'float'>")
     assert ce.key_path(parsed, index) == "model.init_args.objective.init_args.temperature"
     assert ce.enclosing_class(parsed, index) is None  # about a key, not the class's arguments
-    assert ce.expected_types(parsed, index) == ["<class 'float'>", "<class 'kdlight.schedules.Schedule'>"]
+    assert ce.expected_types(parsed, index) == ["<class 'float'>", "<class 'kdlight.core.schedules.Schedule'>"]
     assert ce.given_value(parsed, index) == "abc"
 
 
 def test_describe_types_shortens_classes_and_merges_literals():
-    assert ce.describe_types(["<class 'float'>", "<class 'kdlight.schedules.Schedule'>"]) == "float or Schedule"
+    assert ce.describe_types(["<class 'float'>", "<class 'kdlight.core.schedules.Schedule'>"]) == "float or Schedule"
     assert ce.describe_types(["typing.Literal[64, 32]", "typing.Literal['32', 'bf16']", "<class 'NoneType'>"]) == (
         "one of 64, 32, '32', 'bf16' or null")
 

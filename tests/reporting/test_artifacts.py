@@ -1,4 +1,4 @@
-"""kdlight.artifacts: images and figures reach every kind of logger."""
+"""kdlight.reporting.artifacts: images and figures reach every kind of logger."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
-from kdlight.artifacts import log_figure, log_image
+from kdlight.reporting.artifacts import log_figure, log_image
 from kdlight.explain.plots import explanation_figure, figure_to_array
 
 

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from kdlight.errors import check_finite_loss
-from kdlight.rng import rng_state, set_rng_state
+from kdlight.core.errors import check_finite_loss
+from kdlight.core.rng import rng_state, set_rng_state
 
 try:  # set by LightningCLI while it instantiates the model: the config with class paths
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters

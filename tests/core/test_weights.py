@@ -6,7 +6,7 @@ import torch
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.checkpoint import load_weights
+from kdlight.core.weights import load_weights
 
 
 def test_loads_a_classifier_checkpoint(teacher_checkpoint):
@@ -96,7 +96,7 @@ def test_a_lightning_checkpoint_of_another_model_is_one_line(teacher_checkpoint)
 
 
 def test_a_wrapped_state_dict_names_the_key_that_holds_it(tmp_path):
-    from kdlight.checkpoint import load_weights
+    from kdlight.core.weights import load_weights
 
     model = torch.nn.Linear(2, 2)
     path = tmp_path / "wrapped.pt"

@@ -6,9 +6,9 @@ import torch
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.errors import NonFiniteLossError, check_finite_loss
+from kdlight.core.errors import NonFiniteLossError, check_finite_loss
 from kdlight.objectives import KD
-from kdlight.step import LossTerm
+from kdlight.core.step import LossTerm
 
 
 class NaNAfter(KD):

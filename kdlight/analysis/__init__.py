@@ -3,9 +3,9 @@
 A *run* is the folder one ``kdlight fit`` wrote its logs to:
 
 * a **CSVLogger run directory** (the ``configs/`` default, e.g. ``runs/digits/kd/version_0``;
-  ``load_run("runs/digits/kd")`` takes the run's newest completed fit, see :mod:`kdlight.runs`):
+  ``load_run("runs/digits/kd")`` takes the run's newest completed fit, see :mod:`kdlight.reporting.runs`):
   ``metrics.csv``, ``hparams.yaml``, ``config.yaml`` (LightningCLI's resolved config),
-  ``explain/*.csv|png`` (per-class tables and heatmap figures written by :mod:`kdlight.artifacts`)
+  ``explain/*.csv|png`` (per-class tables and heatmap figures written by :mod:`kdlight.reporting.artifacts`)
   and usually the ``*.ckpt`` files;
 * a **W&B run directory** (``<save_dir>/wandb/offline-run-*`` or ``run-*``, offline or online).
   W&B >= 0.19 writes no ``wandb-summary.json`` or ``files/config.yaml`` for *offline* runs and
@@ -38,9 +38,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kdlight.artifacts import CLI_CONFIG_KEY  # the W&B config key of the resolved CLI config
+from kdlight.reporting.artifacts import CLI_CONFIG_KEY  # the W&B config key of the resolved CLI config
 from kdlight.explain.plots import agreement_over_epochs_figure, explanation_figure
-from kdlight.runs import latest_version
+from kdlight.reporting.runs import latest_version
 
 __all__ = [
     "Run",
@@ -518,7 +518,7 @@ def load_run(path: str | Path) -> Run:
         raise NotADirectoryError(f"{path} is a file; give the run directory that holds {_EXPECTED}")
     if (path / "metrics.csv").is_file():
         return _load_csv_run(path)
-    version = latest_version(path)  # a run_dir: its newest completed fit (kdlight.runs)
+    version = latest_version(path)  # a run_dir: its newest completed fit (kdlight.reporting.runs)
     if version is not None and (version / "metrics.csv").is_file():
         return _load_csv_run(version)
     wandb_file = _wandb_file(path)
@@ -720,7 +720,7 @@ def load_module(checkpoint: str | Path, cls: type | None = None, **overrides: An
     import torch
 
     import kdlight
-    from kdlight.module import DistillationModule
+    from kdlight.training.distillation import DistillationModule
 
     cls = cls or DistillationModule
     path = Path(checkpoint)

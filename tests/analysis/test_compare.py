@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdlight.evaluate import compare_models, format_table, network_of
-from kdlight.reinit import reinitialized
+from kdlight.analysis.compare import compare_models, format_table, network_of
+from kdlight.training.reinit import reinitialized
 
 
 def small_net(seed: int) -> nn.Module:

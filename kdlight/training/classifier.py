@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from kdlight.base import SupervisedBase, classification_metrics, probe, unpack_batch
+from kdlight.training.base import SupervisedBase, classification_metrics, probe, unpack_batch
 from kdlight.objectives.base import check_arg
 
 

@@ -11,9 +11,9 @@ from torch import nn
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.errors import NonFiniteLossError
+from kdlight.core.errors import NonFiniteLossError
 from kdlight.objectives import KD, AttentionTransfer, Composite, CrossEntropy, Hint, Objective
-from kdlight.step import LossTerm
+from kdlight.core.step import LossTerm
 
 
 def adam(params):
@@ -134,7 +134,7 @@ def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
 
 
 def test_train_accuracy_and_f1_from_the_confusion_matrix():
-    from kdlight.base import accuracy_and_macro_f1
+    from kdlight.training.base import accuracy_and_macro_f1
     from torchmetrics.functional.classification import multiclass_f1_score
 
     target = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])

@@ -8,7 +8,7 @@ import torch
 
 from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.checkpoint import load_weights
+from kdlight.core.weights import load_weights
 from kdlight.data import DigitsDataModule
 from kdlight.models.ensemble import TeacherEnsemble
 

@@ -17,7 +17,7 @@ import yaml
 import kdlight.cli
 from conftest import REPO
 from kdlight.analysis import load_run, read_wandb_records
-from kdlight.artifacts import CLI_CONFIG_KEY, LoggerSaveConfigCallback
+from kdlight.reporting.artifacts import CLI_CONFIG_KEY, LoggerSaveConfigCallback
 
 wandb = pytest.importorskip("wandb")
 
@@ -33,7 +33,7 @@ trainer:
 
 
 class _CLIWithConfigLogging(kdlight.cli.KDLightCLI):
-    """KDLightCLI with the resolved config sent to the loggers: a no-op once kdlight/cli.py sets
+    """KDLightCLI with the resolved config sent to the loggers: a no-op once kdlight/cli/__init__.py sets
     ``save_config_callback=LoggerSaveConfigCallback`` by default."""
 
     def __init__(self, *args, **kwargs) -> None:
