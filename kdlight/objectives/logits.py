@@ -85,9 +85,6 @@ class DKD(Objective):
         self.warmup_weight = check_arg("DKD", "warmup", warmup, fix="it multiplies the dkd term (LinearWarmup from 0 to 1 is usual)")
         self.ce = CrossEntropy(weight=check_arg("DKD", "ce_weight", ce_weight))
 
-    def warmup(self, epoch: int, step: int = 0) -> float:
-        return resolve(self.warmup_weight, epoch, step)
-
     def forward(self, step: DistillStep) -> list[LossTerm]:
         if step.target is None:
             raise ValueError("DKD needs labels: its target-class split uses the ground truth")

@@ -1,6 +1,17 @@
 """The Lightning layer: the modules that train (ClassifierModule, DistillationModule), the
 teacher-output cache, feature taps and in-step batch transforms."""
-from kdlight.training.classifier import ClassifierModule
-from kdlight.training.distillation import DistillationModule
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["ClassifierModule", "DistillationModule"]
+
+# Imported on first use: kdlight.objectives imports training.taps, and distillation imports objectives.
+_LAZY = {"ClassifierModule": "kdlight.training.classifier", "DistillationModule": "kdlight.training.distillation"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kdlight.training' has no attribute {name!r}")
