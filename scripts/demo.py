@@ -47,8 +47,7 @@ def main() -> None:
         print(f"--- {label}: best checkpoint {best} ({time.perf_counter() - start:.0f} s)")
     datamodule = cli.datamodule
     datamodule.setup("test")
-    x = torch.cat([b[0] for b in datamodule.test_dataloader()])
-    y = torch.cat([b[1] for b in datamodule.test_dataloader()])
+    x, y = datamodule.split_tensors("test")
     rows = compare_models(networks, teacher=RUNS[0][0], inputs=x, labels=y, train_inputs=datamodule.train_inputs())
     rows.sort(key=lambda r: r["model"].startswith("untrained"))
     table = format_table(rows, title=f"Digits test set ({len(y)} samples)")

@@ -75,11 +75,14 @@ class CountingAgreement(ExplanationAgreement):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.shard_sizes: list[int] = []
+        share = self.probe_set.batch
 
-    def _probe_batch(self, trainer, split):
-        x, y = super()._probe_batch(trainer, split)
-        self.shard_sizes.append(len(x))
-        return x, y
+        def counted(trainer, split):
+            x, y = share(trainer, split)
+            self.shard_sizes.append(len(x))
+            return x, y
+
+        self.probe_set.batch = counted
 
 
 def gather(obj):

@@ -199,7 +199,7 @@ def test_training_order_is_a_pure_function_of_seed_and_epoch():
     # the batches follow the sampler: the first batch of epoch 2 is samples orders[2][:64]
     x_all, _ = DigitsDataModule(seed=0).split_tensors("train")
     first.sampler.set_epoch(2)
-    x, _ = next(iter(first))
+    x = next(iter(first))["inputs"]
     assert torch.equal(x, x_all[orders[2][:64]])
 
 

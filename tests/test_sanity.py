@@ -5,11 +5,12 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 
-from conftest import tiny_trainer
 from kdlight import ClassifierModule, DistillationModule
 from kdlight.explain.callback import ExplanationAgreement
 from kdlight.models import CNN2d
 from kdlight.objectives import KD, Composite, ExplanationMatching
+
+from conftest import tiny_trainer
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
+from kdlight.core.step import UNLABELED, DistillStep
 from kdlight.data import DigitsDataModule, MNIST1DDataModule
 from kdlight.functional.distillation import dkd_loss
 from kdlight.objectives import DKD, KD, CrossEntropy
-from kdlight.core.step import UNLABELED, DistillStep
 from kdlight.training.transforms import Compose, CutMix, MixUp, RandomShift
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 
 def adam(p):

@@ -1,14 +1,17 @@
 """Compare trained networks with a teacher: accuracy, prediction and explanation agreement."""
+
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_f1_score
 
+from kdlight.core.modality import Modality
 from kdlight.core.weights import load_weights
-from kdlight.explain.methods import AttributionConfig, attribute
+from kdlight.explain import AttributionConfig, attribute
 from kdlight.functional.agreement import cosine_agreement, predictive_kl, rank_correlation, top1_agreement
 
 
@@ -39,18 +42,21 @@ def compare_models(
     inputs: Tensor,
     labels: Tensor,
     train_inputs: Tensor | None = None,
+    modality: Modality | None = None,
 ) -> list[dict[str, float | str | int]]:
     """One row per network: accuracy, macro-F1, top-1 agreement and KL with the teacher, and how
     its explanations agree with the teacher's on the same inputs for the teacher's predicted class:
-    Spearman rank correlation of |saliency| and cosine of integrated-gradients maps."""
+    Spearman rank correlation of |saliency| and cosine of integrated-gradients maps. ``modality``:
+    the data module's (default: read off the inputs)."""
     t_logits = _logits(networks[teacher], inputs)
     target = t_logits.argmax(-1)
     methods = {"saliency": AttributionConfig(method="saliency"), "ig": AttributionConfig(method="integrated_gradients")}
-    t_maps = {k: attribute(networks[teacher], inputs, target, c, train_inputs=train_inputs) for k, c in methods.items()}
+    explain = functools.partial(attribute, target=target, train_inputs=train_inputs, modality=modality)
+    t_maps = {k: explain(networks[teacher], inputs, config=c) for k, c in methods.items()}
     rows = []
     for name, net in networks.items():
         logits = _logits(net, inputs)
-        maps = {k: attribute(net, inputs, target, c, train_inputs=train_inputs) for k, c in methods.items()}
+        maps = {k: explain(net, inputs, config=c) for k, c in methods.items()}
         rows.append(
             {
                 "model": name,

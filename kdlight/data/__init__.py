@@ -1,8 +1,10 @@
 """LightningDataModules: in-memory toy/tabular sets and local CIFAR (kdlight never downloads data).
 
-Every module exposes, before ``setup``: ``num_classes``, ``input_shape`` (per sample),
-``class_names``, ``feature_names`` (tabular only, else ``None``) and ``augmented``; plus
-``example_input(n)`` and ``train_inputs()`` (which load the data lazily if needed).
+Every module implements :class:`kdlight.core.datamodule.KDLightDataModule`: before ``setup`` it
+exposes ``num_classes``, ``input_shape`` (per sample), ``class_names``, ``feature_names`` (tabular
+only, else ``None``), ``augmented`` and ``indexed_batches``; plus ``example_input(n)``,
+``train_inputs()`` and ``split_tensors(split)`` (which load the data lazily if needed). Loaders
+yield named batches ``{"inputs", "target", "index"}``, read with :func:`kdlight.core.batch.as_batch`.
 """
 from kdlight.data.base import ArrayDataModule, stratified_split
 from kdlight.data.breast_cancer import BreastCancerDataModule

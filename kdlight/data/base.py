@@ -1,4 +1,4 @@
-"""Shared logic for the in-memory data modules: stratified splits, datasets and loaders."""
+"""Shared logic for the in-memory data modules: stratified splits, datasets and named-batch loaders."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-SPLITS = ("train", "val", "test")
+from kdlight.core.batch import collate
+from kdlight.core.datamodule import SPLITS, data_capabilities
+
 #: init arguments that change how data are served, not which samples form the splits
 LOADER_ARGS = ("self", "batch_size", "num_workers")
 
@@ -47,11 +49,13 @@ def teacher_data_overlap(teacher_records: list[dict[str, Any]], datamodule: Any)
     ``teacher_records`` are :meth:`ArrayDataModule.data_record` dicts of the data the teacher (and,
     for a distilled teacher, its own teachers) trained on. A val/test sample counts when its hash is
     among the teacher's training hashes but not among this data module's own training samples.
+    Data modules that keep no record or no sample hashes cannot be checked (None).
     """
-    if not teacher_records or not hasattr(datamodule, "data_record"):
+    data = data_capabilities(datamodule)
+    own = data.data_record() if teacher_records else None
+    evaluation = {split: data.split_hashes(split) for split in ("val", "test")} if own is not None else {}
+    if own is None or any(hashes is None for hashes in evaluation.values()):
         return None
-    own = datamodule.data_record()
-    evaluation = {split: datamodule.split_hashes(split) for split in ("val", "test")}
     leaked = {split: torch.zeros(len(h), dtype=torch.bool) for split, h in evaluation.items()}
     culprit = None
     for record in teacher_records:
@@ -90,7 +94,8 @@ def _describe_difference(teacher: dict[str, Any], own: dict[str, Any]) -> str:
 
 
 class IndexedDataset(Dataset):
-    """Wrap a dataset so every sample also carries its index: ``(*sample, index)``."""
+    """Wrap a dataset so every sample also carries its index: ``(*sample, index)``, or the key
+    ``"index"`` added to a dict sample."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -99,7 +104,10 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
-        return (*self.dataset[index], index)
+        sample = self.dataset[index]
+        if isinstance(sample, dict):
+            return {**sample, "index": index}
+        return (*sample, index)
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
@@ -163,9 +171,12 @@ class ArrayDataModule(L.LightningDataModule):
 
     Subclasses set ``num_classes``, ``input_shape``, ``class_names`` (and ``feature_names`` for
     tabular data) in ``__init__`` and implement :meth:`_load_splits`, returning
-    ``{"train": (x, y), "val": (x, y), "test": (x, y)}``. Inputs are float32 (or whatever
-    :meth:`_to_float` turns into float32), labels int64. Splits are built once and cached, so
-    calling :meth:`setup` again does not regenerate them.
+    ``{"train": (x, y), "val": (x, y), "test": (x, y)}``. Floating-point inputs are served as
+    float32 and integer inputs (token ids) as they are (:meth:`_model_inputs`), labels int64.
+    Splits are built once and cached, so calling :meth:`setup` again does not regenerate them.
+
+    Loaders yield named batches, ``{"inputs", "target", "index"}`` (``index``: the sample's row in
+    ``split_tensors(split)``); read them with :func:`kdlight.core.batch.as_batch`.
 
     ``val_fraction == 0`` means "no separate validation split": validation uses the test split.
     """
@@ -175,8 +186,8 @@ class ArrayDataModule(L.LightningDataModule):
     class_names: list[str]
     feature_names: list[str] | None = None
     augmented: bool = False
-    #: set by ``DistillationModule(teacher_cache=...)``: training batches become ``(x, y, index)``
-    return_index: bool = False
+    #: every batch carries ``index`` (the teacher cache is keyed on it)
+    indexed_batches: bool = True
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, val_fraction: float = 0.15) -> None:
         super().__init__()
@@ -213,9 +224,10 @@ class ArrayDataModule(L.LightningDataModule):
         """Dataset for one split; the default is a plain :class:`TensorDataset`."""
         return TensorDataset(x, y)
 
-    def _to_float(self, x: Tensor) -> Tensor:
-        """Map stored inputs to the float32 inputs the model sees (identity by default)."""
-        return x.float()
+    def _model_inputs(self, x: Tensor) -> Tensor:
+        """Map stored inputs to the inputs the model sees: floating point as float32, integer
+        inputs (token ids) unchanged, never cast to float."""
+        return x.float() if x.is_floating_point() else x
 
     def _split_full(self, x: Tensor, y: Tensor, test_fraction: float) -> dict[str, tuple[Tensor, Tensor]]:
         """Stratified train/val/test split of one pool; ``val_fraction``/``test_fraction`` are
@@ -244,12 +256,11 @@ class ArrayDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        dataset = self._datasets[split]
-        if split == "train" and self.return_index:
-            dataset = IndexedDataset(dataset)
+        dataset = IndexedDataset(self._datasets[split])
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            collate_fn=collate,
             sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
@@ -272,6 +283,7 @@ class ArrayDataModule(L.LightningDataModule):
             transfer,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(transfer), self.seed + 1),
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -280,7 +292,8 @@ class ArrayDataModule(L.LightningDataModule):
         return {"labeled": labeled, "transfer": loader}
 
     def transfer_dataset(self) -> Dataset | None:
-        """Unlabeled inputs ``(x,)`` for the teacher-matching terms; None when there are none."""
+        """Unlabeled inputs ``(x,)`` for the teacher-matching terms (their loader yields
+        ``{"inputs"}`` batches); None when there are none."""
         return None
 
     def val_dataloader(self) -> DataLoader:
@@ -294,17 +307,18 @@ class ArrayDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------- helpers for models/metrics
     def split_tensors(self, split: str) -> tuple[Tensor, Tensor]:
-        """``(inputs, labels)`` of a split as float32 / int64 tensors, unaugmented."""
+        """``(inputs, labels)`` of a split, unaugmented: inputs as :meth:`_model_inputs` serves
+        them (float32, or integer token ids), labels int64."""
         x, y = self._ensure_splits()[split]
-        return self._to_float(x), y
+        return self._model_inputs(x), y
 
     def example_input(self, n: int = 2) -> Tensor:
         """The first ``n`` training inputs (real, unaugmented samples), shape ``[n, *input_shape]``."""
         x, _ = self._ensure_splits()["train"]
-        return self._to_float(x[:n])
+        return self._model_inputs(x[:n])
 
     def train_inputs(self) -> Tensor:
-        """All training inputs as one float32 tensor (e.g. for a training-mean attribution baseline)."""
+        """All training inputs as one tensor, in index order (e.g. for a training-mean attribution baseline)."""
         return self.split_tensors("train")[0]
 
     def split_sizes(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdlight.core.modality import Tabular
 from kdlight.data.base import ArrayDataModule
 
 
@@ -37,6 +38,7 @@ class BreastCancerDataModule(ArrayDataModule):
         self.input_shape = (30,)
         self.class_names = [str(n) for n in self._raw.target_names]  # ['malignant', 'benign']
         self.feature_names = [str(n) for n in self._raw.feature_names]
+        self.modality = Tabular(feature_names=self.feature_names)
         self.feature_mean: Tensor | None = None
         self.feature_std: Tensor | None = None
 

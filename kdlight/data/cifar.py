@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from kdlight.core.modality import Image
 from kdlight.data.base import ArrayDataModule, stratified_split
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -192,6 +193,7 @@ class _CIFARDataModule(ArrayDataModule):
         self.augment = augment
         self.augmented = bool(augment)
         self.input_shape = (3, 32, 32)
+        self.modality = Image()
         self.num_classes = len(self.class_list)
         self.class_names = list(self.class_list)
         self._mean = torch.tensor(self.mean)
@@ -255,8 +257,8 @@ class _CIFARDataModule(ArrayDataModule):
         self.split_indices = {"train": train_idx, "val": val_idx, "test": test_idx}
         return splits
 
-    def _to_float(self, x: Tensor) -> Tensor:
-        """uint8 images -> float32 normalized with the dataset's per-channel mean/std."""
+    def _model_inputs(self, x: Tensor) -> Tensor:
+        """uint8 images -> float32 normalized with the dataset's per-channel mean/std (pixels, not token ids)."""
         return (x.float() / 255.0 - self._mean.view(-1, 1, 1)) / self._std.view(-1, 1, 1)
 
     def _make_dataset(self, split: str, x: Tensor, y: Tensor) -> Dataset:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-
 from torch.utils.data import Dataset
 
+from kdlight.core.modality import Image
 from kdlight.data.base import ArrayDataModule, check_transfer_size
 
 AUGMENTATIONS = ("shift", "noise", "mixup")
@@ -73,6 +73,7 @@ class DigitsDataModule(ArrayDataModule):
         self.transfer_augmentations = list(transfer_augmentations or AUGMENTATIONS)
         self.num_classes = 10
         self.input_shape = (1, 8, 8)
+        self.modality = Image()
         self.class_names = [str(d) for d in range(10)]
 
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:

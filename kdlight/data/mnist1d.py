@@ -6,9 +6,9 @@ import random
 import numpy as np
 import torch
 from torch import Tensor
-
 from torch.utils.data import Dataset, TensorDataset
 
+from kdlight.core.modality import Signal
 from kdlight.data.base import ArrayDataModule, check_transfer_size, stratified_split
 
 # (data_seed, num_samples, train_split) -> {"x", "y", "x_test", "y_test"} numpy arrays
@@ -74,6 +74,7 @@ class MNIST1DDataModule(ArrayDataModule):
         self.train_split = train_split
         self.num_classes = 10
         self.input_shape = (1, 40)
+        self.modality = Signal()
         self.class_names = [str(d) for d in range(10)]
 
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:

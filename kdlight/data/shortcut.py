@@ -116,6 +116,16 @@ class ShortcutDigitsDataModule(DigitsDataModule):
         mask[0, r, c] = True
         return mask
 
+    def ground_truth_masks(self, split: str, indices: Tensor | list[int]) -> Tensor:
+        """The ground-truth relevant features of samples ``indices`` (rows of ``split_tensors(split)``):
+        boolean masks ``[N, 1, 8, 8]`` of the pixel holding each image's cue (all False where an image
+        has none), for localisation metrics."""
+        self._ensure_splits()
+        if split not in self.cue_classes:
+            raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(self.cue_classes)}")
+        cues = self.cue_classes[split][torch.as_tensor(indices, dtype=torch.long).cpu().numpy()]
+        return self.apply_cue(torch.zeros((len(cues), *self.input_shape)), cues) != 0
+
     def apply_cue(self, x: Tensor, cue_classes: np.ndarray | Tensor) -> Tensor:
         """A copy of ``x`` ``[N, 1, 8, 8]`` with the cue of ``cue_classes[i]`` written into image ``i``
         (``-1``: no cue)."""

@@ -3,19 +3,22 @@
 Both functions answer "does the map point at what the model actually uses?" for one model and its
 own maps; the validation callback runs them for the teacher and the student on the probe set.
 
-Context: safe under ``torch.no_grad`` and ``torch.inference_mode`` (inputs and maps are cloned to
-normal tensors, the work runs with inference mode off and gradients off), with an active
-``torch.autocast`` disabled. The model is put in eval mode and every submodule's train/eval flag
-is restored afterwards; no backward pass is run, so parameter ``.grad`` is untouched. Inputs are
-float32 unless the model's floating parameters all share another dtype (e.g. ``bf16-true``); the
-results are detached float32 tensors of shape ``[N]`` on the inputs' device.
+Context: the attribution context (:mod:`kdlight.explain.attribution.context`) with gradients off:
+safe under ``torch.no_grad`` and ``torch.inference_mode`` (inputs and maps are cloned to normal
+tensors), with an active ``torch.autocast`` disabled. The model is put in eval mode and every
+submodule's train/eval flag is restored afterwards; no backward pass is run, so parameter
+``.grad`` is untouched. Floating inputs are float32 unless the model's floating parameters all
+share another dtype (e.g. ``bf16-true``); integer inputs keep their dtype (infidelity, which adds
+noise, refuses them). The results are detached float32 tensors of shape ``[N]`` on the inputs'
+device.
 
 Decisions
 ---------
 * Deletion / insertion (Petsiuk et al. 2018) score the *softmax probability* of the target class.
   Features are ordered by *signed* attribution, descending (most positive evidence first). For
-  ``[N, C, L]`` and ``[N, C, H, W]`` the map is summed over channels and whole time steps / pixels
-  move together; ``[N, F]`` is ordered per column. The ``P`` positions are moved in ``steps``
+  images and signals the map is summed over channels and whole pixels / time steps move together;
+  tabular rows are ordered per column (the modality's positions,
+  :meth:`kdlight.core.modality.Modality.position_scores`). The ``P`` positions are moved in ``steps``
   equal chunks (cut points ``round(i * P / steps)``), giving ``steps + 1`` points on the fraction
   axis ``cut / P`` in ``[0, 1]``; the area is the trapezoid rule over it. Ties keep input order.
   NaN attributions sort last.
@@ -33,55 +36,17 @@ Decisions
   perturbation function chunks of repeated inputs), so teacher and student scored with the same
   settings on the same probe set see identical noise.
 """
-from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlight.core.modality import Modality
+from kdlight.explain.attribution.context import Placement, TargetLike, as_target, attribution_context
+
 __all__ = ["deletion_insertion_auc", "infidelity_score", "deletion_insertion_curves"]
-
-TargetLike = int | Sequence[int] | Tensor
-
-
-# ------------------------------------------------------------------------------------------
-# shared plumbing
-# ------------------------------------------------------------------------------------------
-@contextmanager
-def _evaluation(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, no grad, no inference mode, no autocast; submodule flags restored afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode(False), torch.no_grad(), _no_autocast(device.type):
-            yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-def _no_autocast(device_type: str) -> torch.autocast:
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know
-        return torch.autocast(device_type="cpu", enabled=False)
-
-
-def _device_dtype(model: nn.Module, inputs: Tensor) -> tuple[torch.device, torch.dtype]:
-    """The model's device (inputs' if it has no parameters) and the computation dtype."""
-    params = list(model.parameters())
-    device = params[0].device if params else inputs.device
-    dtypes = {p.dtype for p in params if p.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    return device, dtype
-
-
-def _as_normal(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A detached, non-inference copy (call with inference mode off)."""
-    return t.detach().to(device=device, dtype=dtype).clone()
 
 
 def _check_pair(inputs: Tensor, attributions: Tensor) -> None:
@@ -96,24 +61,12 @@ def _check_pair(inputs: Tensor, attributions: Tensor) -> None:
         raise ValueError(f"inputs must be a non-empty batch [N, ...], got {tuple(inputs.shape)}")
 
 
-def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
-    """Target class per sample as a long tensor [N]."""
-    t = torch.as_tensor(target.detach().clone() if isinstance(target, Tensor) else target)
-    t = t.to(device=device, dtype=torch.long).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target must be an int or have one entry per sample ({n}), got {t.numel()}")
-    return t.clone()
-
-
 # ------------------------------------------------------------------------------------------
 # deletion / insertion
 # ------------------------------------------------------------------------------------------
-def _position_scores(attributions: Tensor) -> Tensor:
-    """Per-position scores [N, P]: columns for [N, F], channel sums otherwise."""
-    scores = attributions if attributions.ndim == 2 else attributions.sum(1).flatten(1)
-    return torch.nan_to_num(scores.float(), nan=float("-inf"))
+def _position_scores(attributions: Tensor, modality: Modality) -> Tensor:
+    """Per-position scores [N, P] (the modality's positions); NaN sorts last."""
+    return torch.nan_to_num(modality.position_scores(attributions).float(), nan=float("-inf"))
 
 
 def _ranks(scores: Tensor) -> Tensor:
@@ -121,11 +74,6 @@ def _ranks(scores: Tensor) -> Tensor:
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
-
-
-def _mask_shape(inputs: Tensor) -> tuple[int, ...]:
-    """Shape one row's position mask takes to broadcast against one input [C?, ...]."""
-    return tuple(inputs.shape[1:]) if inputs.ndim == 2 else (1, *inputs.shape[2:])
 
 
 def _curve(
@@ -137,6 +85,7 @@ def _curve(
     target: Tensor,
     reveal: bool,
     batch_size: int,
+    modality: Modality,
 ) -> Tensor:
     """Target-class probabilities [N, S]: row i, point j has the ``cuts[j]`` top positions moved."""
     n, s = ranks.shape[0], cuts.numel()
@@ -144,7 +93,7 @@ def _curve(
     for start in range(0, n * s, batch_size):
         flat = torch.arange(start, min(start + batch_size, n * s), device=x.device)
         row, point = flat // s, flat % s
-        moved = (ranks[row] < cuts[point, None]).view(-1, *_mask_shape(x))
+        moved = modality.position_mask(ranks[row] < cuts[point, None], tuple(x.shape[1:]))
         batch = torch.where(moved, x[row], base[row]) if reveal else torch.where(moved, base[row], x[row])
         probs = F.softmax(model(batch).float(), dim=1)
         out[start : start + flat.numel()] = probs.gather(1, target[row, None]).squeeze(1)
@@ -159,6 +108,8 @@ def deletion_insertion_curves(
     steps: int = 20,
     baseline: float | Tensor = 0.0,
     batch_size: int = 256,
+    *,
+    modality: Modality | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Deletion and insertion curves ``[N, steps + 1]`` and their fraction axis ``[steps + 1]``.
 
@@ -167,16 +118,18 @@ def deletion_insertion_curves(
     _check_pair(inputs, attributions)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    device, dtype = _device_dtype(model, inputs)
-    with _evaluation(model, device):
-        x = _as_normal(inputs, device, dtype)
-        base = torch.broadcast_to(torch.as_tensor(baseline).to(device=device, dtype=dtype), x.shape)
-        ranks = _ranks(_position_scores(_as_normal(attributions, device, torch.float32)))
+    modality = modality if modality is not None else Modality.for_inputs(inputs)
+    modality.check(inputs.shape)
+    place = Placement.of(model, inputs.device)
+    with attribution_context(model, (inputs.device, place.device), grad=False):
+        x = place.put(inputs)
+        base = torch.broadcast_to(torch.as_tensor(baseline).to(device=place.device, dtype=x.dtype), x.shape)
+        ranks = _ranks(_position_scores(place.put(attributions, torch.float32), modality))
         n_pos = ranks.shape[1]
-        cuts = torch.round(torch.linspace(0, n_pos, steps + 1, device=device)).long()
-        tgt = _targets(target, x.shape[0], device)
-        deletion = _curve(model, x, base, ranks, cuts, tgt, reveal=False, batch_size=batch_size)
-        insertion = _curve(model, x, base, ranks, cuts, tgt, reveal=True, batch_size=batch_size)
+        cuts = torch.round(torch.linspace(0, n_pos, steps + 1, device=place.device)).long()
+        tgt = as_target(target, x.shape[0], place.device)
+        deletion = _curve(model, x, base, ranks, cuts, tgt, reveal=False, batch_size=batch_size, modality=modality)
+        insertion = _curve(model, x, base, ranks, cuts, tgt, reveal=True, batch_size=batch_size, modality=modality)
     fractions = cuts.float() / n_pos
     out = inputs.device
     return deletion.to(out), insertion.to(out), fractions.to(out)
@@ -190,6 +143,8 @@ def deletion_insertion_auc(
     steps: int = 20,
     baseline: float | Tensor = 0.0,
     batch_size: int = 256,
+    *,
+    modality: Modality | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample areas ``[N]`` under the deletion and insertion curves (Petsiuk et al. 2018).
 
@@ -198,10 +153,11 @@ def deletion_insertion_auc(
     probability is integrated over the removed/revealed fraction with the trapezoid rule.
     Lower deletion AUC and higher insertion AUC mean a more faithful map. ``baseline`` is a scalar
     or a tensor broadcastable to ``inputs`` (e.g. a training mean of shape ``[1, ...]``).
-    ``batch_size`` bounds the rows per forward pass.
+    ``batch_size`` bounds the rows per forward pass. ``modality`` says what a position is (default:
+    guessed from the inputs' rank).
     """
     deletion, insertion, fractions = deletion_insertion_curves(
-        model, inputs, attributions, target, steps, baseline, batch_size
+        model, inputs, attributions, target, steps, baseline, batch_size, modality=modality
     )
     return torch.trapezoid(deletion, fractions, dim=1), torch.trapezoid(insertion, fractions, dim=1)
 
@@ -209,9 +165,7 @@ def deletion_insertion_auc(
 # ------------------------------------------------------------------------------------------
 # infidelity
 # ------------------------------------------------------------------------------------------
-def _gaussian_perturbation(
-    noise_std: float, generator: torch.Generator, baseline: Tensor | None
-):
+def _gaussian_perturbation(noise_std: float, generator: torch.Generator, baseline: Tensor | None):
     """Captum perturb_func: Gaussian ``eps``; relative to ``x - baseline`` if ``baseline`` given."""
 
     def perturb(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -261,20 +215,24 @@ def infidelity_score(
     _check_pair(inputs, attributions)
     if n_perturb_samples < 1 or noise_std <= 0:
         raise ValueError("n_perturb_samples must be >= 1 and noise_std > 0")
-    device, dtype = _device_dtype(model, inputs)
+    if not inputs.is_floating_point():
+        raise ValueError(
+            f"infidelity adds Gaussian noise to the inputs, which needs floating inputs; these are {inputs.dtype}"
+        )
+    place = Placement.of(model, inputs.device)
     n = inputs.shape[0]
     max_rows = None if batch_size is None else max(n, min(batch_size, n * n_perturb_samples))
-    with _evaluation(model, device):
-        x = _as_normal(inputs, device, dtype)
-        attr = _as_normal(attributions, device, dtype)
+    with attribution_context(model, (inputs.device, place.device), grad=False):
+        x = place.put(inputs)
+        attr = place.put(attributions)
         base = _shared_baseline(baseline, x) if multiply_by_inputs else None
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=place.device).manual_seed(seed)
         score = infidelity(
             lambda batch: model(batch).float(),
             _gaussian_perturbation(noise_std, generator, base),
             x,
             attr,
-            target=_targets(target, n, device),
+            target=as_target(target, n, place.device),
             n_perturb_samples=n_perturb_samples,
             max_examples_per_batch=max_rows,
             normalize=normalize,

@@ -1,18 +1,29 @@
-"""torchmetrics wrappers that average the per-sample agreement functions over a dataset.
+"""The metric registry, and torchmetrics classes that average a metric's per-sample scores.
 
-Every metric keeps a ``sum`` and a ``count`` of the finite per-sample values, both reduced with
-``dist_reduce_fx="sum"``, so under DDP :meth:`compute` returns exactly the mean over all samples
-of all ranks (not a mean of per-rank means, which is wrong for uneven shards). Per-sample values
-that are not finite (e.g. from NaN / inf attributions) are not added; they are counted in the
-``skipped`` state instead.
+A metric is declared once, as a :class:`MetricSpec`: its name, its per-sample function, whether
+higher is better, whether it takes a top-k size ``k``, whether the callback logs a ``chance_``
+twin for it, and what it compares (:data:`COMPARES`). :func:`register_metric` adds it to
+:data:`METRICS` next to its definition; a module of ``kdlight/explain/`` that calls
+``register_metric`` at its top level is found and imported on the first lookup, so adding a
+metric is one new file (plus its test). A metric outside kdlight is named by its import path,
+``"my_pkg.mod.MY_METRIC"``: a :class:`MetricSpec`, or any object (e.g. a class) with the same
+attributes (``name``, ``fn`` -- a ``staticmethod`` on a class -- and optionally the others).
 
-``update(student, teacher)`` takes the student's and the teacher's attribution maps (or logits,
-for ``top1_agreement`` / ``predictive_kl``), in that order; they are passed to the functions as
-``a`` and ``b``.
+Accumulation: every metric keeps a ``sum`` and a ``count`` of the finite per-sample values, both
+reduced with ``dist_reduce_fx="sum"``, so under DDP :meth:`compute` returns exactly the mean over
+all samples of all ranks (not a mean of per-rank means, which is wrong for uneven shards).
+Per-sample values that are not finite (e.g. from NaN / inf attributions, or an empty
+ground-truth mask) are not added; they are counted in the ``skipped`` state instead.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,97 +32,186 @@ from torchmetrics import Metric, MetricCollection
 from kdlight.functional import agreement as F
 
 __all__ = [
-    "AGREEMENT_FUNCTIONS",
-    "TOPK_FUNCTIONS",
-    "ATTRIBUTION_METRICS",
-    "FIDELITY_METRICS",
-    "agreement_names",
-    "get_agreement_function",
+    "COMPARES",
+    "METRICS",
+    "MetricSpec",
+    "register_metric",
+    "metric_spec",
+    "metric_names",
     "AgreementMean",
     "PerClassAgreement",
     "AgreementCollection",
-    "agreement_metrics",
 ]
 
-#: metric name -> per-sample function ``fn(a, b[, k]) -> [N]``
-AGREEMENT_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "cosine": F.cosine_agreement,
-    "rank_correlation": F.rank_correlation,
-    "pearson": F.pearson_agreement,
-    "feature_agreement": F.feature_agreement,
-    "rank_agreement": F.rank_agreement,
-    "sign_agreement": F.sign_agreement,
-    "signed_rank_agreement": F.signed_rank_agreement,
-    "pairwise_rank_agreement": F.pairwise_rank_agreement,
-    "top1_agreement": F.top1_agreement,
-    "predictive_kl": F.predictive_kl,
+#: what a metric compares, i.e. the arguments of ``update`` (and of its function, before ``k``)
+COMPARES: dict[str, str] = {
+    "maps": "two models' attribution maps: update(student_maps, teacher_maps)",
+    "logits": "two models' predictions: update(student_logits, teacher_logits)",
+    "mask": "one model's maps against ground-truth relevant features: update(maps, masks)",
+    "explainer": "one model's explanation at nearby inputs: update(explain, inputs, target)",
 }
 
-#: the functions that take a top-k size ``k``
-TOPK_FUNCTIONS: frozenset[str] = frozenset(
-    {"feature_agreement", "rank_agreement", "sign_agreement", "signed_rank_agreement"}
-)
-
-#: the attribution-map metrics, in the order :func:`agreement_metrics` builds them
-ATTRIBUTION_METRICS: tuple[str, ...] = (
-    "cosine",
-    "rank_correlation",
-    "pearson",
-    "feature_agreement",
-    "rank_agreement",
-    "sign_agreement",
-    "signed_rank_agreement",
-    "pairwise_rank_agreement",
-)
-
-#: prediction-fidelity metrics on logits
-FIDELITY_METRICS: tuple[str, ...] = ("top1_agreement", "predictive_kl")
-
-_LOWER_IS_BETTER = frozenset({"predictive_kl"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REGISTERS = re.compile(r"^(?:[A-Za-z_]\w*\s*=\s*)?register_metric\(", re.MULTILINE)
 
 
-def agreement_names() -> list[str]:
-    """All valid metric names (keys of :data:`AGREEMENT_FUNCTIONS`)."""
-    return list(AGREEMENT_FUNCTIONS)
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric, declared once.
+
+    Args:
+        name: the logged name (``{split}/explain/{method}/{name}``); letters, digits, underscores.
+        fn: per-sample scores ``fn(*compared[, k], **options) -> [N]`` (``compared`` as in
+            :data:`COMPARES`); keyword-only parameters of ``fn`` are the metric's options.
+        higher_is_better: ``False`` for divergences and sensitivities.
+        uses_k: ``fn`` takes a top-k size ``k`` after the compared tensors.
+        has_chance: logged with a ``chance_{name}`` twin (teacher vs. a freshly initialised student).
+        compares: a key of :data:`COMPARES`.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    higher_is_better: bool = True
+    uses_k: bool = False
+    has_chance: bool = False
+    compares: str = "maps"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(f"metric name must be letters, digits and underscores, got {self.name!r}")
+        if not callable(self.fn):
+            raise TypeError(f"metric {self.name!r}: fn must be callable, got {type(self.fn).__name__}")
+        if self.compares not in COMPARES:
+            raise ValueError(f"metric {self.name!r}: unknown compares={self.compares!r}; valid: {', '.join(COMPARES)}")
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """The keyword-only parameters of ``fn``: the settings given as ``options``."""
+        params = inspect.signature(self.fn).parameters.values()
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+    def score(self, *compared: Any, k: int | None = None, **options: Any) -> Tensor:
+        """Per-sample scores ``[N]`` of ``compared`` (``k`` only for top-k metrics)."""
+        return self.fn(*compared, **options) if k is None else self.fn(*compared, k, **options)
 
 
-def get_agreement_function(name: str) -> Callable[..., Tensor]:
-    """The per-sample function called ``name``; ``ValueError`` listing the valid names otherwise."""
+#: metric name -> spec, in registration order
+METRICS: dict[str, MetricSpec] = {}
+_discovered = False
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add ``spec`` to :data:`METRICS` and return it; a name is registered once."""
+    if not isinstance(spec, MetricSpec):
+        raise TypeError(f"register_metric takes a MetricSpec, got {type(spec).__name__}")
+    existing = METRICS.get(spec.name)
+    if existing is not None and existing != spec:
+        owner = existing.fn.__module__
+        raise ValueError(f"metric {spec.name!r} is already registered (by {owner}); choose another name")
+    METRICS[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    """Import the modules of ``kdlight/explain/`` that register a metric at their top level (once)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
     try:
-        return AGREEMENT_FUNCTIONS[name]
-    except (KeyError, TypeError):
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            if path.stem != "metrics" and _REGISTERS.search(path.read_text(encoding="utf-8")):
+                importlib.import_module(f"{__package__}.{path.stem}")
+    except BaseException:
+        _discovered = False
+        raise
+
+
+def metric_names(compares: str | None = None, *, has_chance: bool | None = None) -> list[str]:
+    """Registered metric names, in registration order; only those comparing ``compares`` and
+    (if given) with or without a chance twin."""
+    if compares is not None and compares not in COMPARES:
+        raise ValueError(f"unknown compares={compares!r}; valid: {', '.join(COMPARES)}")
+    _discover()
+    return [
+        name
+        for name, spec in METRICS.items()
+        if (compares is None or spec.compares == compares) and (has_chance is None or spec.has_chance == has_chance)
+    ]
+
+
+def _unknown(name: object, why: str = "") -> ValueError:
+    return ValueError(
+        f"unknown metric {name!r}{why}; valid names: {', '.join(metric_names())} "
+        "(or an import path such as my_pkg.metrics.MY_METRIC)"
+    )
+
+
+def metric_spec(metric: str | MetricSpec) -> MetricSpec:
+    """The spec of a registered name, or of an import path ``"pkg.module.Attr"``; ``ValueError``
+    listing the valid names otherwise."""
+    if isinstance(metric, MetricSpec):
+        return metric
+    if not isinstance(metric, str):
+        raise _unknown(metric)
+    _discover()
+    if metric in METRICS:
+        return METRICS[metric]
+    module_name, _, attr = metric.rpartition(".")
+    if not module_name:
+        raise _unknown(metric)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise _unknown(metric, f" (cannot import {module_name}: {err})") from None
+    if not hasattr(module, attr):
+        raise _unknown(metric, f" (module {module_name} has no attribute {attr!r})")
+    obj = getattr(module, attr)
+    if isinstance(obj, MetricSpec):
+        return obj
+    if not (hasattr(obj, "name") and hasattr(obj, "fn")):
         raise ValueError(
-            f"unknown agreement metric {name!r}; valid names: {', '.join(agreement_names())}"
-        ) from None
+            f"{metric} is a {type(obj).__name__}, not a metric: declare it as MetricSpec(name=..., fn=...) "
+            "or a class with the attributes name and fn"
+        )
+    fields = ("higher_is_better", "uses_k", "has_chance", "compares")
+    return MetricSpec(name=obj.name, fn=obj.fn, **{f: getattr(obj, f) for f in fields if hasattr(obj, f)})
 
 
-def _resolve(fn_name: str, k: int | None) -> tuple[Callable[..., Tensor], int | None]:
-    fn = get_agreement_function(fn_name)
-    if fn_name in TOPK_FUNCTIONS:
+def _resolve(metric: str | MetricSpec, k: int | None) -> tuple[MetricSpec, int | None]:
+    spec = metric_spec(metric)
+    if spec.uses_k:
         if k is None:
-            raise ValueError(f"metric {fn_name!r} needs a top-k size k (an integer >= 1)")
+            raise ValueError(f"metric {spec.name!r} needs a top-k size k (an integer >= 1)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
     elif k is not None:
-        raise ValueError(
-            f"metric {fn_name!r} does not take k (only {', '.join(sorted(TOPK_FUNCTIONS))} do)"
-        )
-    return fn, k
+        takes_k = ", ".join(n for n in metric_names() if METRICS[n].uses_k)
+        raise ValueError(f"metric {spec.name!r} does not take k (only {takes_k} do)")
+    return spec, k
 
 
-def _per_sample(fn: Callable[..., Tensor], k: int | None, student: Tensor, teacher: Tensor) -> Tensor:
-    return fn(student, teacher) if k is None else fn(student, teacher, k)
+def _check_options(spec: MetricSpec, options: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(spec.option_names))
+    if unknown:
+        valid = ", ".join(spec.option_names) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for metric {spec.name!r}; valid options: {valid}")
+    return options
 
 
 class AgreementMean(Metric):
-    """Mean over samples of one per-sample agreement function.
+    """Mean over samples of one metric's per-sample scores.
 
     Args:
-        fn_name: a key of :data:`AGREEMENT_FUNCTIONS`.
+        metric: a registered name, an import path, or a :class:`MetricSpec`.
         k: top-k size, required for (and only for) the top-k metrics.
+        options: the metric's settings (keyword-only parameters of its function),
+            e.g. ``{"noise_scale": 0.05, "seed": 0}``.
 
-    States: ``sum`` (float32), ``count`` and ``skipped`` (int64), all summed across ranks.
-    :meth:`compute` returns ``sum / count`` (NaN when no finite sample was seen).
+    ``update`` takes what the metric compares (:data:`COMPARES`). States: ``sum`` (float32),
+    ``count`` and ``skipped`` (int64), all summed across ranks. :meth:`compute` returns
+    ``sum / count`` (NaN when no finite sample was seen).
     """
 
     is_differentiable = False
@@ -121,21 +221,26 @@ class AgreementMean(Metric):
     count: Tensor
     skipped: Tensor
 
-    def __init__(self, fn_name: str, k: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, metric: str | MetricSpec, k: int | None = None, options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.fn_name = fn_name
-        self.fn, self.k = _resolve(fn_name, k)
+        self.spec, self.k = _resolve(metric, k)
+        self.options = _check_options(self.spec, options)
         self.add_state("sum", default=torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     @property
-    def higher_is_better(self) -> bool:  # type: ignore[override]
-        """``False`` for ``predictive_kl`` (a divergence), ``True`` for the agreement scores."""
-        return self.fn_name not in _LOWER_IS_BETTER
+    def name(self) -> str:
+        return self.spec.name
 
-    def update(self, student: Tensor, teacher: Tensor) -> None:
-        values = _per_sample(self.fn, self.k, student, teacher).to(self.sum.device)
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        return self.spec.higher_is_better
+
+    def update(self, *compared: Any) -> None:
+        values = self.spec.score(*compared, k=self.k, **self.options).to(self.sum.device)
         finite = torch.isfinite(values)
         self.sum += torch.where(finite, values, torch.zeros_like(values)).sum()
         self.count += finite.sum()
@@ -147,14 +252,15 @@ class AgreementMean(Metric):
         return self.sum / self.count
 
     def extra_repr(self) -> str:
-        return f"fn_name={self.fn_name!r}" + (f", k={self.k}" if self.k is not None else "")
+        return f"metric={self.spec.name!r}" + (f", k={self.k}" if self.k is not None else "")
 
 
 class PerClassAgreement(Metric):
-    """Per-sample agreement accumulated by class index, for a per-class table.
+    """Per-sample scores of a two-tensor metric accumulated by class index, for a per-class table.
 
-    ``update(student, teacher, target)`` with ``target`` a ``[N]`` tensor of class indices in
-    ``[0, num_classes)`` (e.g. the label, or the teacher's predicted class).
+    ``update(a, b, target)`` with ``a``, ``b`` what the metric compares (e.g. student and teacher
+    maps) and ``target`` a ``[N]`` tensor of class indices in ``[0, num_classes)`` (e.g. the label,
+    or the teacher's predicted class).
 
     States ``sum`` ``[C]`` (float32), ``count`` and ``skipped`` ``[C]`` (int64), summed across
     ranks. :meth:`compute` returns a dict with ``mean`` ``[C]`` (NaN for classes without finite
@@ -169,24 +275,24 @@ class PerClassAgreement(Metric):
     count: Tensor
     skipped: Tensor
 
-    def __init__(self, fn_name: str, num_classes: int, k: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, metric: str | MetricSpec, num_classes: int, k: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        self.fn_name = fn_name
+        self.spec, self.k = _resolve(metric, k)
+        if self.spec.compares == "explainer":
+            raise ValueError(f"metric {self.spec.name!r} compares an explainer, not two tensors: no per-class table")
         self.num_classes = num_classes
-        self.fn, self.k = _resolve(fn_name, k)
         self.add_state("sum", default=torch.zeros(num_classes, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("skipped", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     @property
     def higher_is_better(self) -> bool:  # type: ignore[override]
-        """``False`` for ``predictive_kl`` (a divergence), ``True`` for the agreement scores."""
-        return self.fn_name not in _LOWER_IS_BETTER
+        return self.spec.higher_is_better
 
-    def update(self, student: Tensor, teacher: Tensor, target: Tensor) -> None:
-        values = _per_sample(self.fn, self.k, student, teacher).to(self.sum.device)
+    def update(self, a: Tensor, b: Tensor, target: Tensor) -> None:
+        values = self.spec.score(a, b, k=self.k).to(self.sum.device)
         target = torch.as_tensor(target, device=self.sum.device)
         if target.shape != values.shape:
             raise ValueError(
@@ -235,8 +341,9 @@ class AgreementCollection(MetricCollection):
     """A :class:`~torchmetrics.MetricCollection` of :class:`AgreementMean`, keyed by metric name.
 
     Args:
-        k: top-k size for the top-k metrics.
-        names: metric names to include (default: :data:`ATTRIBUTION_METRICS`).
+        k: top-k size, given to the metrics that use one.
+        names: metrics to include (registered names or import paths; default: every registered
+            metric comparing two models' maps). All must compare the same kind of inputs.
         prefix / postfix: as in ``MetricCollection`` (e.g. ``prefix="val/agree/"``).
 
     Compute groups are disabled on purpose: metrics of the same class whose states happen to be
@@ -246,20 +353,35 @@ class AgreementCollection(MetricCollection):
     def __init__(
         self,
         k: int,
-        names: Iterable[str] | None = None,
+        names: Iterable[str | MetricSpec] | None = None,
         prefix: str | None = None,
         postfix: str | None = None,
     ) -> None:
-        names = list(ATTRIBUTION_METRICS if names is None else names)
-        metrics = {n: AgreementMean(n, k if n in TOPK_FUNCTIONS else None) for n in names}
+        specs = [metric_spec(n) for n in (metric_names("maps") if names is None else names)]
+        kinds = sorted({s.compares for s in specs})
+        if len(kinds) > 1:
+            raise ValueError(f"a collection's metrics must compare the same inputs, got {', '.join(kinds)}")
+        seen = [s.name for s in specs]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ValueError(f"metric name(s) {twice} given twice; each logged name must be unique")
+        metrics = {s.name: AgreementMean(s, k if s.uses_k else None) for s in specs}
         super().__init__(metrics, prefix=prefix, postfix=postfix, compute_groups=False)
 
 
-def agreement_metrics(
-    k: int,
-    names: Iterable[str] | None = None,
-    prefix: str | None = None,
-    postfix: str | None = None,
-) -> AgreementCollection:
-    """The attribution-agreement metrics (or ``names``) as one collection keyed by name."""
-    return AgreementCollection(k, names=names, prefix=prefix, postfix=postfix)
+# ---------------------------------------------------------------------------------------------
+# the built-in metrics (Krishna et al. 2022; Stanton et al. 2021): see kdlight.functional.agreement
+for _spec in (
+    MetricSpec("cosine", F.cosine_agreement, has_chance=True),
+    MetricSpec("rank_correlation", F.rank_correlation, has_chance=True),
+    MetricSpec("pearson", F.pearson_agreement),
+    MetricSpec("feature_agreement", F.feature_agreement, uses_k=True, has_chance=True),
+    MetricSpec("rank_agreement", F.rank_agreement, uses_k=True),
+    MetricSpec("sign_agreement", F.sign_agreement, uses_k=True),
+    MetricSpec("signed_rank_agreement", F.signed_rank_agreement, uses_k=True),
+    MetricSpec("pairwise_rank_agreement", F.pairwise_rank_agreement),
+    MetricSpec("top1_agreement", F.top1_agreement, compares="logits"),
+    MetricSpec("predictive_kl", F.predictive_kl, higher_is_better=False, compares="logits"),
+):
+    register_metric(_spec)
+del _spec

@@ -15,6 +15,7 @@ Decisions
 * The reported ``tree`` (and ``n_leaves``, ``depth``, ``train_fidelity``) is refitted on all
   samples; ``train_fidelity`` is its agreement with the predictions on all samples.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,16 +40,6 @@ class SurrogateReport:
     depth: int
     tree: DecisionTreeClassifier
     held_out: bool
-
-    def as_dict(self) -> dict[str, float]:
-        """The numbers, for loggers (``held_out`` as 0.0 / 1.0; the tree left out)."""
-        return {
-            "fidelity": self.fidelity,
-            "train_fidelity": self.train_fidelity,
-            "n_leaves": float(self.n_leaves),
-            "depth": float(self.depth),
-            "held_out": float(self.held_out),
-        }
 
 
 def _to_numpy(x: Tensor | np.ndarray) -> np.ndarray:

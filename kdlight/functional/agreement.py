@@ -41,6 +41,7 @@ __all__ = [
     "top1_agreement",
     "predictive_kl",
     "average_ranks",
+    "top_k_mask",
 ]
 
 # Upper bound on N_chunk * F * F boolean elements materialised at once by the pairwise metric.
@@ -173,6 +174,18 @@ def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
     rx = average_ranks(x.abs())
     ry = average_ranks(y.abs())
     return _mark_bad(_pearson_rows(rx, ry), bad)
+
+
+def top_k_mask(maps: Tensor, k: int) -> Tensor:
+    """Boolean ``[N, F]``: the ``k`` features of each flattened map with the largest ``|value|``.
+
+    Ties are broken by feature index (lower first), as in the top-k agreement metrics.
+    """
+    if not isinstance(maps, Tensor) or maps.ndim == 0:
+        raise ValueError("maps must be a tensor with a leading sample dimension [N, ...]")
+    x = maps.detach().reshape(maps.shape[0], math.prod(maps.shape[1:])).to(torch.float32)
+    k = _check_k(k, x.shape[1])
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(1, _order_by_magnitude(x)[:, :k], True)
 
 
 def _topk_masks(x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -2,11 +2,10 @@
 
 Every model takes plain constructor arguments with defaults (usable by ``class_path`` in
 YAML) including ``num_classes``, exposes an ``embedding`` submodule whose output is the
-``[B, D]`` vector fed to the classifier, a ``gradcam_layer`` (last spatial stage, ``None`` for
-the MLP), ``feature_layers`` (stages for hint / attention-transfer objectives) and an
-``input_kind`` naming its natural input (``"tabular"``, ``"digits"``, ``"mnist1d"``,
-``"cifar"``).
+``[B, D]`` vector fed to the classifier, and a ``gradcam_layer``: the submodule Grad-CAM explains
+when no layer is configured (the last spatial stage's output; ``None`` for the MLP).
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -1,4 +1,5 @@
 """Small convolutional networks for 8x8 / 32x32 images (CNN2d) and 1-D signals (CNN1d)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -32,9 +33,7 @@ class CNN2d(nn.Module):
         hidden: width of the fully connected layer before the classifier (0: none).
     """
 
-    gradcam_layer: str | None = "conv2"
-    input_kind: str = "digits"
-    feature_layers: list[str] = ["conv1", "conv2"]
+    gradcam_layer: str | None = "conv2"  # the last conv block's output (set per instance below)
 
     def __init__(
         self,
@@ -59,7 +58,6 @@ class CNN2d(nn.Module):
             self.add_module(f"conv{i}", nn.Sequential(*block))
             width = c
         self.conv_names = [f"conv{i}" for i in range(1, len(channels) + 1)]
-        self.feature_layers = list(self.conv_names)
         self.gradcam_layer = self.conv_names[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
@@ -95,9 +93,7 @@ class CNN1d(nn.Module):
         hidden: width of the fully connected layer before the classifier (0: none).
     """
 
-    gradcam_layer: str | None = "conv3"
-    input_kind: str = "mnist1d"
-    feature_layers: list[str] = ["conv1", "conv2", "conv3"]
+    gradcam_layer: str | None = "conv3"  # the last conv block's output (set per instance below)
 
     def __init__(
         self,
@@ -123,7 +119,6 @@ class CNN1d(nn.Module):
             self.add_module(f"conv{i}", nn.Sequential(*block))
             width = c
         self.conv_names = [f"conv{i}" for i in range(1, len(channels) + 1)]
-        self.feature_layers = list(self.conv_names)
         self.gradcam_layer = self.conv_names[-1]
         self.pool = nn.AdaptiveAvgPool1d(1)
         self.flatten = nn.Flatten(1)

@@ -1,4 +1,5 @@
 """An ensemble of teachers that acts as one teacher (multi-teacher distillation)."""
+
 from __future__ import annotations
 
 import torch
@@ -46,10 +47,6 @@ class TeacherEnsemble(nn.Module):
         if len(classes) > 1:
             raise ValueError(f"TeacherEnsemble members output different numbers of classes: {sorted(classes)}")
         self.num_classes = classes.pop() if classes else None
-        self.input_kind = getattr(members[0], "input_kind", None)
-        #: the taps that hold each member's logits
-        self.member_layers = [f"members.{i}" for i in range(len(members))]
-        self.feature_layers = list(self.member_layers)
 
     def __len__(self) -> int:
         return len(self.members)

@@ -1,4 +1,5 @@
 """Multi-layer perceptron for tabular data or flattened small inputs."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -18,9 +19,7 @@ class MLP(nn.Module):
         dropout: dropout probability after every hidden ReLU (no Dropout module when 0).
     """
 
-    gradcam_layer: str | None = None
-    input_kind: str = "tabular"
-    feature_layers: list[str] = ["layers", "embedding"]
+    gradcam_layer: str | None = None  # no spatial layer: no Grad-CAM
 
     def __init__(
         self,
@@ -49,7 +48,5 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.flatten(x)
         if x.shape[1] != self.in_features:
-            raise ValueError(
-                f"MLP expects {self.in_features} features after flattening, got {x.shape[1]}"
-            )
+            raise ValueError(f"MLP expects {self.in_features} features after flattening, got {x.shape[1]}")
         return self.classifier(self.embedding(self.layers(x)))

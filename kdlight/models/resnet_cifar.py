@@ -9,8 +9,9 @@ Differences that do not change the function or parameter count: every ReLU is it
 DeepLift see each non-linearity once; pooling is ``AdaptiveAvgPool2d(1)`` (equal to
 RepDistiller's ``AvgPool2d(8)`` on 32x32 inputs); the pooled vector passes through the named
 ``embedding`` flatten; the ``is_feat``/``preact`` outputs are replaced by forward hooks on
-``feature_layers``.
+named layers (``layer1``..``layer3``).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -26,9 +27,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -59,9 +58,7 @@ class CifarResNet(nn.Module):
         in_channels: input image channels.
     """
 
-    gradcam_layer: str | None = "layer3"
-    input_kind: str = "cifar"
-    feature_layers: list[str] = ["layer1", "layer2", "layer3"]
+    gradcam_layer: str | None = "layer3"  # the last stage's output (after its final ReLU)
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ stem; ``depth = 6n + 4``. As in RepDistiller, a block whose width changes applie
 ``bn1 -> relu1`` to the input before both the conv path and the 1x1 shortcut. Every ReLU is
 its own non-inplace ``nn.ReLU`` module and dropout (if any) is an ``nn.Dropout`` module.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,7 @@ class WideBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.equal_in_out = in_planes == out_planes
         self.conv_shortcut = (
-            None
-            if self.equal_in_out
-            else nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
+            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,14 +43,11 @@ class WideBasicBlock(nn.Module):
 class NetworkBlock(nn.Module):
     """A stage of ``nb_layers`` wide blocks, kept as ``.layer`` like RepDistiller."""
 
-    def __init__(
-        self, nb_layers: int, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, nb_layers: int, in_planes: int, out_planes: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
-                               stride if i == 0 else 1, dropout)
+                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, dropout)
                 for i in range(nb_layers)
             ]
         )
@@ -74,9 +70,8 @@ class WideResNet(nn.Module):
         dropout: dropout between the two convs of every block (0: no Dropout module).
     """
 
-    gradcam_layer: str | None = "block3"
-    input_kind: str = "cifar"
-    feature_layers: list[str] = ["block1", "block2", "block3"]
+    #: the last stage after the final BN-ReLU (pre-activation blocks: ``block3`` itself is not rectified)
+    gradcam_layer: str | None = "relu"
 
     def __init__(
         self,

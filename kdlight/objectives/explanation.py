@@ -1,13 +1,14 @@
 """Explanation-guided distillation: the student should explain like the teacher (e2KD)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdlight.explain.methods import TRAINING_MAP_KINDS, input_gradient_map
-from kdlight.objectives.base import Objective, check_arg
 from kdlight.core.schedules import Schedule
 from kdlight.core.step import DistillStep, LossTerm
+from kdlight.explain.attribution import TRAINING_MAP_KINDS, input_gradient_map
+from kdlight.objectives.base import Objective, check_arg
 
 
 class ExplanationMatching(Objective):
@@ -16,8 +17,9 @@ class ExplanationMatching(Objective):
     ``E`` is the map of ``kind`` (saliency, input_x_gradient, grad_cam, integrated_gradients)
     for the teacher's top-1 class (Parchami-Araghi et al. 2024). ``E_t`` is detached; ``E_s``
     is built with ``create_graph=True``, so the term trains the student. Grad-CAM takes a layer
-    per model (``student_layer`` / ``teacher_layer``; default the last conv). Costs one extra
-    forward and double-backward of the student and a forward/backward of the teacher per step.
+    per model (``student_layer`` / ``teacher_layer``; default the model's ``gradcam_layer``, else
+    its last conv). Costs one extra forward and double-backward of the student and a
+    forward/backward of the teacher per step.
     """
 
     def __init__(
@@ -32,7 +34,9 @@ class ExplanationMatching(Objective):
         if kind not in TRAINING_MAP_KINDS:
             raise ValueError(f"unknown explanation kind {kind!r}; valid kinds are: {', '.join(TRAINING_MAP_KINDS)}")
         if n_steps < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n_steps} in ExplanationMatching; integrated_gradients uses 8-32 steps")
+            raise ValueError(
+                f"n_steps must be >= 1, got {n_steps} in ExplanationMatching; integrated_gradients uses 8-32 steps"
+            )
         self.kind, self.weight, self.n_steps = kind, check_arg("ExplanationMatching", "weight", weight), n_steps
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.needs_models = True
@@ -44,10 +48,12 @@ class ExplanationMatching(Objective):
         target = step.teacher_logits.argmax(-1)
         x = step.inputs.detach()
         with torch.enable_grad():
-            e_t = input_gradient_map(step.teacher, x, target, self.kind, create_graph=False,
-                                     layer=self.teacher_layer, n_steps=self.n_steps).detach()
-            e_s = input_gradient_map(step.student, x, target, self.kind, create_graph=True,
-                                     layer=self.student_layer, n_steps=self.n_steps)
+            e_t = input_gradient_map(
+                step.teacher, x, target, self.kind, create_graph=False, layer=self.teacher_layer, n_steps=self.n_steps
+            ).detach()
+            e_s = input_gradient_map(
+                step.student, x, target, self.kind, create_graph=True, layer=self.student_layer, n_steps=self.n_steps
+            )
         return e_t, e_s
 
     def forward(self, step: DistillStep) -> list[LossTerm]:

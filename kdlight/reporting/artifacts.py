@@ -1,5 +1,6 @@
 """Send figures, tables and the resolved config to whichever logger a trainer has (W&B,
 TensorBoard, CSV files)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,6 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-from matplotlib.figure import Figure
 
 #: W&B config key (and file name stem in the W&B run's files) of the resolved LightningCLI config
 CLI_CONFIG_KEY = "cli_config"
@@ -53,23 +53,20 @@ def log_image(trainer: Trainer, key: str, image: np.ndarray, epoch: int) -> list
     return written
 
 
-def log_figure(trainer: Trainer, key: str, figure: Figure, epoch: int) -> list[str]:
-    """:func:`log_image` of the rendered ``figure``."""
-    from kdlight.explain.plots import figure_to_array
-
-    return log_image(trainer, key, figure_to_array(figure), epoch)
-
-
 def log_table(trainer: Trainer, key: str, table: pd.DataFrame, epoch: int) -> list[str]:
     """Log ``table`` under ``key``: a W&B Table, TensorBoard text, and always a CSV file."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             import wandb
 
-            # with the epoch (WandbLogger.log_table would drop it), like log_figure
-            logger.experiment.log({key: wandb.Table(dataframe=table), "epoch": epoch, "trainer/global_step": trainer.global_step})
+            # with the epoch (WandbLogger.log_table would drop it), like log_image
+            logger.experiment.log(
+                {key: wandb.Table(dataframe=table), "epoch": epoch, "trainer/global_step": trainer.global_step}
+            )
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text(key, table.to_markdown(index=False) if _has_tabulate() else table.to_string(), epoch)
+            logger.experiment.add_text(
+                key, table.to_markdown(index=False) if _has_tabulate() else table.to_string(), epoch
+            )
     path = artifact_dir(trainer) / _file_name(key, epoch, ".csv")
     table.to_csv(path, index=False)
     return [str(path)]
@@ -133,4 +130,4 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         log_config(trainer, config)
 
 
-__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_figure", "log_image", "log_table"]
+__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_image", "log_table"]

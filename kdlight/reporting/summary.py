@@ -1,4 +1,5 @@
 """FitSummary: a one-screen summary of the best epoch when ``fit`` ends."""
+
 from __future__ import annotations
 
 import sys
@@ -17,6 +18,7 @@ _EXPLAIN = "val/explain/"
 
 #: |rank correlation - chance level| below which the summary flags a method as near chance
 NEAR_CHANCE = 0.05
+
 
 def run_directory(trainer: Trainer) -> str | None:
     """Where the first logger writes: the W&B run folder, a CSV/TensorBoard ``log_dir``, else the
@@ -87,8 +89,12 @@ class FitSummary(Callback):
             if results and self._seen_results.get(id(callback)) != id(results):
                 self._seen_results[id(callback)] = id(results)
                 epoch = getattr(callback, "last_epoch", None)
-                fresh.append((epoch if isinstance(epoch, int) else None,
-                              {k: v for k, v in results.items() if k.startswith(_EXPLAIN)}))
+                fresh.append(
+                    (
+                        epoch if isinstance(epoch, int) else None,
+                        {k: v for k, v in results.items() if k.startswith(_EXPLAIN)},
+                    )
+                )
         return fresh
 
     def _record_explanations(self, trainer: Trainer, default_epoch: int) -> None:
@@ -101,7 +107,8 @@ class FitSummary(Callback):
             return
         epoch = trainer.current_epoch
         values = {
-            k: v for k, v in ((k, _float(v)) for k, v in trainer.callback_metrics.items())
+            k: v
+            for k, v in ((k, _float(v)) for k, v in trainer.callback_metrics.items())
             if v is not None and k.startswith("val/") and not k.startswith(_EXPLAIN)
         }
         self.history[epoch] = values
@@ -132,7 +139,8 @@ class FitSummary(Callback):
                 epoch = min(self.explained, key=lambda e: (abs(e - best_epoch), -e))
                 out["explain_epoch"] = epoch
                 out["explain"] = {
-                    k[len(_EXPLAIN):]: v for k, v in self.explained[epoch].items()
+                    k[len(_EXPLAIN) :]: v
+                    for k, v in self.explained[epoch].items()
                     if k.endswith("/rank_correlation") or k.endswith("/chance_rank_correlation")
                 }
         checkpoint = trainer.checkpoint_callback
@@ -148,8 +156,11 @@ class FitSummary(Callback):
         if "best_epoch" not in summary:
             row(f"best {monitor}", f"n/a (no validation epoch logged {monitor})")
         else:
-            row(f"best {monitor}", f"{summary['best_value']:.4f} at epoch {summary['best_epoch']} "
-                f"(of {summary['epochs_run']} validation epochs)")
+            row(
+                f"best {monitor}",
+                f"{summary['best_value']:.4f} at epoch {summary['best_epoch']} "
+                f"(of {summary['epochs_run']} validation epochs)",
+            )
             if monitor != "val/acc" and "val/acc" in summary:
                 row("val/acc", f"{summary['val/acc']:.4f}")
             if "val/agreement" in summary:
@@ -157,17 +168,26 @@ class FitSummary(Callback):
             if "val/teacher_acc" in summary:
                 row("teacher acc", f"{summary['val/teacher_acc']:.4f}  val/teacher_acc")
             explain = summary.get("explain") or {}
-            methods = sorted(k.rsplit("/", 1)[0] for k in explain if k.endswith("/rank_correlation") and "/chance_" not in k)
+            methods = sorted(
+                k.rsplit("/", 1)[0] for k in explain if k.endswith("/rank_correlation") and "/chance_" not in k
+            )
             if methods:
                 where = "" if summary["explain_epoch"] == summary["best_epoch"] else ", the nearest explained one"
-                lines.append(f"explanations at epoch {summary['explain_epoch']}{where}: rank correlation with the teacher (chance level)")
+                lines.append(
+                    f"explanations at epoch {summary['explain_epoch']}{where}: rank correlation with the teacher (chance level)"
+                )
                 width = max(20, *(len(m) + 2 for m in methods))
                 for method in methods:
-                    value, chance = explain[f"{method}/rank_correlation"], explain.get(f"{method}/chance_rank_correlation")
+                    value, chance = (
+                        explain[f"{method}/rank_correlation"],
+                        explain.get(f"{method}/chance_rank_correlation"),
+                    )
                     chance_text = f"  ({chance:.3f})" if chance is not None else ""
                     near = "  <- near chance" if chance is not None and abs(value - chance) < NEAR_CHANCE else ""
                     lines.append(f"  {method:<{width}}{value:.3f}{chance_text}{near}")
-                lines.append("  (chance level: a freshly initialised student; near it = no more agreement than that; see the README)")
+                lines.append(
+                    "  (chance level: a freshly initialised student; near it = no more agreement than that; see the README)"
+                )
         row("best checkpoint", summary.get("best_checkpoint") or "none saved")
         row("run dir", summary.get("run_dir") or "none")
         lines.append("-" * 68)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from kdlight.core.batch import as_batch
+from kdlight.core.datamodule import DataCapabilities, data_capabilities
 from kdlight.core.errors import check_finite_loss
 from kdlight.core.rng import rng_state, set_rng_state
 
@@ -23,29 +26,21 @@ except ImportError:  # pragma: no cover - older/newer Lightning
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """Split a batch into inputs and labels; ``(x,)`` or a bare tensor means unlabeled."""
-    x, y, _ = unpack_indexed_batch(batch)
-    return x, y
+    """Deprecated: ``as_batch(batch)`` (:mod:`kdlight.core.batch`) gives the named fields.
+    ``(inputs, target)`` of the (labeled part of the) batch."""
+    warnings.warn("unpack_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target",
+                  DeprecationWarning, stacklevel=2)
+    batch = as_batch(batch)
+    return batch.inputs, batch.target
 
 
 def unpack_indexed_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(inputs, labels, sample indices)``; labels and indices may be None.
-
-    Accepts a tensor, ``(x,)``, ``(x, y)``, ``(x, y, index)`` or ``{"x", "y", "index"}``.
-    """
-    if isinstance(batch, Tensor):
-        return batch, None, None
-    if isinstance(batch, dict):
-        if "labeled" in batch:  # {"labeled": ..., "transfer": ...} from a data module with a transfer set
-            return unpack_indexed_batch(batch["labeled"])
-        return batch["x"], batch.get("y"), batch.get("index")
-    if isinstance(batch, (list, tuple)) and 1 <= len(batch) <= 3:
-        padded = [*batch, None, None]
-        return padded[0], padded[1], padded[2]
-    raise ValueError(
-        "batches must be a tensor, (inputs,), (inputs, labels), (inputs, labels, index) or a dict with "
-        f"'x', 'y', 'index'; got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}"
-    )
+    """Deprecated: ``as_batch(batch)`` (:mod:`kdlight.core.batch`) gives the named fields.
+    ``(inputs, target, index)`` of the (labeled part of the) batch."""
+    warnings.warn("unpack_indexed_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target / .index",
+                  DeprecationWarning, stacklevel=2)
+    batch = as_batch(batch)
+    return batch.inputs, batch.target, batch.index
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -206,8 +201,11 @@ class SupervisedBase(LightningModule):
 
     def training_data_record(self) -> dict[str, Any] | None:
         """The attached data module's ``data_record()``; None without one (e.g. plain loaders)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return datamodule.data_record() if hasattr(datamodule, "data_record") else None
+        return self.datamodule_capabilities().data_record()
+
+    def datamodule_capabilities(self) -> DataCapabilities:
+        """What the trainer's data module provides (everything ``None`` when there is none)."""
+        return data_capabilities(self._trainer.datamodule if self._trainer is not None else None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied at on_train_start: the sanity check and data set-up in between draw too
@@ -228,8 +226,7 @@ class SupervisedBase(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Class probabilities of the trained network (``forward``)."""
-        x, _ = unpack_batch(batch)
-        return self(x).softmax(-1)
+        return self(as_batch(batch).inputs).softmax(-1)
 
     def save_init_args(self, objects: list[str]) -> None:
         """Save the init arguments; under LightningCLI the class-path config (so
@@ -257,26 +254,19 @@ class SupervisedBase(LightningModule):
 
         (During ``setup`` Lightning already reports the target device as ``self.device`` while the
         weights are still on the CPU.)"""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None:
-            raise ValueError("kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to probe shapes")
-        if hasattr(datamodule, "example_input"):
-            x = datamodule.example_input(2)
-        else:
-            loader = datamodule.train_dataloader()
-            loader = loader["labeled"] if isinstance(loader, dict) else loader
-            x, _ = unpack_batch(next(iter(loader)))
-            x = x[:2]
+        data = self.datamodule_capabilities()
+        if data.datamodule is None:
+            raise ValueError("kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to read input shapes")
+        x = data.example_input(2)
         weights = next(self.parameters(), None)
         return x.to(weights.device if weights is not None else self.device)
 
     def resolve_num_classes(self, logits: Tensor) -> int:
-        """The class count: given explicitly, else read off the probed logits."""
+        """The class count: given explicitly, else read off the logits of the dry run at setup."""
         found = int(logits.shape[-1])
         if self.num_classes is not None and self.num_classes != found:
             raise ValueError(f"num_classes={self.num_classes} but the model outputs {found} logits")
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        expected = getattr(datamodule, "num_classes", None)
+        expected = self.datamodule_capabilities().num_classes
         if expected is not None and expected != found:
             raise ValueError(f"the data have {expected} classes but the model outputs {found} logits; set num_classes={expected} on the model")
         self.num_classes = found
@@ -284,8 +274,9 @@ class SupervisedBase(LightningModule):
 
 
 @torch.no_grad()
-def probe(model: nn.Module, x: Tensor) -> Tensor:
-    """Run ``model`` on ``x`` in eval mode without gradients, restoring its mode."""
+def dry_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` in eval mode without gradients, restoring its mode (e.g. to read
+    output shapes at setup)."""
     was_training = model.training
     model.eval()
     try:

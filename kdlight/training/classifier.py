@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from kdlight.training.base import SupervisedBase, classification_metrics, probe, unpack_batch
+from kdlight.core.batch import as_batch
 from kdlight.objectives.base import check_arg
+from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 
 
 class ClassifierModule(SupervisedBase):
@@ -36,7 +37,7 @@ class ClassifierModule(SupervisedBase):
                                          "0 turns label smoothing off, 0.1 is usual")
 
     def setup(self, stage: str) -> None:
-        num_classes = self.resolve_num_classes(probe(self.model, self.example_input()))
+        num_classes = self.resolve_num_classes(dry_forward(self.model, self.example_input()))
         for split in ("val", "test"):
             setattr(self, f"{split}_metrics", classification_metrics(num_classes, f"{split}/"))
 
@@ -47,15 +48,16 @@ class ClassifierModule(SupervisedBase):
         return self.model(x)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, y = unpack_batch(batch)
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        self.record_training({"train/loss": loss}, logits, y)
+        batch = as_batch(batch)
+        logits = self.model(batch.inputs)
+        loss = F.cross_entropy(logits, batch.target, label_smoothing=self.label_smoothing)
+        self.record_training({"train/loss": loss}, logits, batch.target)
         return loss
 
     def _evaluate(self, batch, split: str, batch_idx: int = 0) -> None:
-        x, y = unpack_batch(batch)
+        batch = as_batch(batch)
+        x, y = batch.inputs, batch.target
         logits = self.model(x)
-        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log(f"{split}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True, batch_size=len(x))
         getattr(self, f"{split}_metrics").update(logits, y)
         self.log_dict(getattr(self, f"{split}_metrics"), on_epoch=True, prog_bar=split == "val")

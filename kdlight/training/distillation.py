@@ -13,14 +13,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from kdlight.training.base import SupervisedBase, classification_metrics, probe, unpack_batch, unpack_indexed_batch
-from kdlight.training.teacher_cache import TeacherCache, data_fingerprint, teacher_fingerprint
+from kdlight.core.batch import Batch, as_batch
+from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
 from kdlight.core.weights import checkpoint_sources, load_weights
 from kdlight.data.base import teacher_data_overlap
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
-from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
+from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 from kdlight.training.taps import FeatureTaps
+from kdlight.training.teacher_cache import TeacherCache, data_fingerprint, teacher_fingerprint
 from kdlight.training.transforms import BatchTransform
 
 
@@ -44,8 +45,9 @@ class DistillationModule(SupervisedBase):
     the first view the teacher saw). It also keeps the teacher's logits on the validation batches
     of ``fit``, which are the same every epoch (checked by a fingerprint of each batch).
 
-    Data modules with an unlabeled transfer set yield ``{"labeled": (x, y), "transfer": (x,)}``
-    batches: label terms (CE, DKD) see the labeled samples, teacher-matching terms all of them.
+    Data modules with an unlabeled transfer set yield ``{"labeled": <batch>, "transfer": <batch of
+    inputs only>}`` (see :func:`kdlight.core.batch.as_batch`): label terms (CE, DKD) see the labeled
+    samples, teacher-matching terms all of them.
     ``batch_transform`` (e.g. :class:`kdlight.training.transforms.MixUp`) augments the whole batch inside
     the step, so teacher and student see the identical view ("function matching"); mixing
     transforms drop the labels.
@@ -99,7 +101,7 @@ class DistillationModule(SupervisedBase):
         self._restored_teacher_data: list[dict[str, Any]] | None = None  # that checkpoint's kdlight_teacher_data
 
     # -- the teacher stays frozen ------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DistillationModule":
+    def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)
         self.teacher.eval()
         return self
@@ -143,7 +145,7 @@ class DistillationModule(SupervisedBase):
                 "to the trained teacher's checkpoint (e.g. runs/digits/teacher/best.ckpt), or set teacher_as_given=true "
                 "to distil from the teacher as constructed (random, or with weights you loaded in code)"
             )
-        overlap = teacher_data_overlap(self.teacher_training_data(), getattr(self.trainer, "datamodule", None))
+        overlap = teacher_data_overlap(self.teacher_training_data(), self.trainer.datamodule)
         if overlap is None:
             return
         if not self.allow_teacher_data_overlap:
@@ -170,7 +172,7 @@ class DistillationModule(SupervisedBase):
         if self.teacher_cache is not None and stage == "fit" and self._cache is None:
             self._setup_cache()
         x = self.example_input()
-        step = self._probe_step(x)
+        step = self._shape_step(x)
         t_classes, s_classes = step.teacher_logits.shape[-1], step.student_logits.shape[-1]
         if t_classes != s_classes:
             raise ValueError(
@@ -203,27 +205,27 @@ class DistillationModule(SupervisedBase):
             setattr(self, f"{split}_metrics", metrics)
 
     def _setup_cache(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+        data = self.datamodule_capabilities()
         if self.batch_transform is not None:
             raise ValueError(
                 "teacher_cache cannot be combined with batch_transform (function matching): the teacher must see "
                 "each freshly augmented batch online; drop one of the two"
             )
-        if hasattr(datamodule, "transfer_dataset") and datamodule.transfer_dataset() is not None:
+        if data.transfer_dataset() is not None:
             raise ValueError("teacher_cache does not cover transfer sets yet; set transfer_size to null or drop teacher_cache")
-        if not hasattr(datamodule, "return_index"):
+        if not (data.indexed_batches and data.has_train_inputs):
             raise ValueError(
-                "teacher_cache needs a kdlight data module (kdlight.data.*) whose training batches can carry "
-                "sample indices; for your own data module add `return_index` and yield (x, y, index) batches"
+                "teacher_cache needs a kdlight data module (kdlight.data.*) whose training batches carry sample "
+                "indices; for your own data module set `indexed_batches = True`, give it train_inputs() and yield "
+                "{'inputs', 'target', 'index'} batches whose index is the sample's row in train_inputs()"
             )
-        if getattr(datamodule, "augmented", False) and not self.cache_augmented:
+        if data.augmented and not self.cache_augmented:
             raise ValueError(
-                f"teacher_cache with randomly augmented training data ({type(datamodule).__name__}) would give "
+                f"teacher_cache with randomly augmented training data ({type(data.datamodule).__name__}) would give "
                 "stale targets: every augmented view would get the teacher output of the first view; turn "
                 "augmentation off, drop teacher_cache, or set cache_augmented=true to accept that"
             )
-        datamodule.return_index = True
-        inputs = datamodule.train_inputs()
+        inputs = data.train_inputs()
         # the key covers all that changes the cached content: teacher class and weights, training
         # data, the tapped teacher layers and the precision (autocast changes the outputs' dtype)
         teacher_key = f"{type(self.teacher).__qualname__}-{teacher_fingerprint(self.teacher)}"
@@ -243,8 +245,9 @@ class DistillationModule(SupervisedBase):
             self._student_taps = FeatureTaps(self.student, self.objective.student_layers, role="student")
             self._teacher_taps = FeatureTaps(self.teacher, self.objective.teacher_layers, role="teacher")
 
-    def _probe_step(self, x: Tensor) -> DistillStep:
-        t_logits, s_logits = probe(self.teacher, x), probe(self.student, x)
+    def _shape_step(self, x: Tensor) -> DistillStep:
+        """A dry run of both models on example inputs: the shapes of logits and tapped features."""
+        t_logits, s_logits = dry_forward(self.teacher, x), dry_forward(self.student, x)
         return DistillStep(
             inputs=x,
             target=t_logits.argmax(-1),
@@ -336,16 +339,17 @@ class DistillationModule(SupervisedBase):
         self._val_teacher[batch_idx] = (t_logits.detach(), fingerprint)
         return t_logits
 
-    def training_inputs(self, batch) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
-        """Inputs, labels (``UNLABELED`` for transfer samples), indices and the labeled count.
+    def training_inputs(self, batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
+        """Inputs, labels (``UNLABELED`` for transfer samples), indices and the labeled count of a
+        training batch in any form :func:`~kdlight.core.batch.as_batch` reads.
 
         Labeled samples come first; ``batch_transform`` is applied to the whole batch.
         """
-        transfer = batch.get("transfer") if isinstance(batch, dict) and "labeled" in batch else None
-        x, y, index = unpack_indexed_batch(batch)
+        batch = as_batch(batch)
+        x, y, index = batch.inputs, batch.target, batch.index
         n_labeled = len(x) if y is not None else 0
-        if transfer is not None:
-            x_u = self._transfer_inputs(transfer, x)
+        if batch.transfer is not None:
+            x_u = self._transfer_inputs(batch.transfer, x)
             if y is not None:
                 y = torch.cat([y, torch.full((len(x_u),), UNLABELED, dtype=y.dtype, device=y.device)])
             x, index = torch.cat([x, x_u]), None
@@ -356,17 +360,13 @@ class DistillationModule(SupervisedBase):
         return x, y, index, n_labeled
 
     @staticmethod
-    def _transfer_inputs(transfer, labeled_x: Tensor) -> Tensor:
-        if isinstance(transfer, Tensor):
-            x_u = transfer
-        elif isinstance(transfer, (list, tuple)) and len(transfer) == 1:
-            x_u = transfer[0]
-        else:
-            count = len(transfer) if hasattr(transfer, "__len__") else "?"
+    def _transfer_inputs(transfer: Batch, labeled_x: Tensor) -> Tensor:
+        if transfer.target is not None:
             raise ValueError(
-                f"the transfer loader must yield unlabeled inputs only, (x,) or a tensor, but yielded {count} items; "
-                "drop the labels from the transfer set (labeled data belongs in the labeled stream)"
+                "the transfer loader must yield unlabeled inputs only ({'inputs'}, (x,) or a tensor), but its batches "
+                "carry targets; drop the labels from the transfer set (labeled data belongs in the labeled stream)"
             )
+        x_u = transfer.inputs
         if x_u.shape[1:] != labeled_x.shape[1:]:
             raise ValueError(
                 f"transfer inputs have shape {tuple(x_u.shape[1:])} per sample but labeled inputs {tuple(labeled_x.shape[1:])}"
@@ -387,7 +387,8 @@ class DistillationModule(SupervisedBase):
         return loss
 
     def _evaluate(self, batch, split: str, batch_idx: int = 0) -> None:
-        x, y = unpack_batch(batch)
+        batch = as_batch(batch)
+        x, y = batch.inputs, batch.target
         s_logits, t_logits = self.student(x), self._validation_teacher(x, split, batch_idx)
         self._student_taps.pop(), self._teacher_taps.pop()
         metrics = getattr(self, f"{split}_metrics")
@@ -395,7 +396,7 @@ class DistillationModule(SupervisedBase):
         metrics["teacher_acc"].update(t_logits, y)
         metrics["agreement"].update(top1_agreement(s_logits, t_logits))
         metrics["kl"].update(predictive_kl(s_logits, t_logits))
-        self.log(f"{split}/loss", F.cross_entropy(s_logits, y), on_epoch=True, sync_dist=True)
+        self.log(f"{split}/loss", F.cross_entropy(s_logits, y), on_epoch=True, sync_dist=True, batch_size=len(x))
         self.log_dict(metrics["student"], on_epoch=True, prog_bar=split == "val")
         self.log(f"{split}/teacher_acc", metrics["teacher_acc"], on_epoch=True)
         self.log(f"{split}/agreement", metrics["agreement"], on_epoch=True, prog_bar=split == "val")

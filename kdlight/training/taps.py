@@ -1,4 +1,5 @@
 """Forward hooks that capture the outputs of named submodules."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -6,28 +7,15 @@ from collections.abc import Iterable
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-
-def module_names(model: nn.Module) -> list[str]:
-    """Paths of every named submodule, as accepted by ``get_submodule``."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def resolve_module(model: nn.Module, name: str, role: str = "model") -> nn.Module:
-    """Return ``model.get_submodule(name)`` or raise a ValueError listing the valid names."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = module_names(model)
-        raise ValueError(
-            f"{role} has no submodule {name!r}; valid names are: {', '.join(names)}"
-        ) from None
+from kdlight.core.layers import resolve_module
 
 
 class FeatureTaps:
     """Capture outputs of the named submodules of ``model`` on every forward.
 
     ``taps.features`` holds the latest output of each name. Use as a context manager or call
-    :meth:`remove` to detach the hooks.
+    :meth:`remove` to detach the hooks. An unknown name is a one-line ValueError listing the valid
+    names (:func:`kdlight.core.layers.resolve_module`).
     """
 
     def __init__(self, model: nn.Module, names: Iterable[str], role: str = "model") -> None:
@@ -53,7 +41,7 @@ class FeatureTaps:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "FeatureTaps":
+    def __enter__(self) -> FeatureTaps:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -153,7 +153,7 @@ class TeacherCache:
         self.valid, self.logits, self.features = entries
         self.saved = self.complete = bool(self.valid.all())
 
-    def to(self, device: torch.device) -> "TeacherCache":
+    def to(self, device: torch.device) -> TeacherCache:
         """Keep the entries on the training device (no host-device copies per step)."""
         self.valid = self.valid.to(device)
         if self.logits is not None:

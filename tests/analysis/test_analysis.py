@@ -1,4 +1,5 @@
 """kdlight.analysis: runs into pandas, figures, heatmaps from checkpoints, clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from conftest import REPO
 from kdlight.analysis import (
     heatmaps_from_checkpoint,
     load_module,
@@ -24,25 +24,56 @@ from kdlight.analysis import (
 )
 from kdlight.cli import main
 
+from conftest import REPO
+
 DIGITS = REPO / "configs" / "digits"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def _fit(config: str, out: Path, *extra: str) -> None:
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"filename": "best", "monitor": "val/acc", "mode": "max", "save_last": True,
-                       "enable_version_counter": False}},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "filename": "best",
+                "monitor": "val/acc",
+                "mode": "max",
+                "save_last": True,
+                "enable_version_counter": False,
+            },
+        },
     ]
     if config == "kd.yaml":
-        callbacks.append({"class_path": "kdlight.explain.ExplanationAgreement",
-                          "init_args": {"methods": ["saliency"], "every_n_epochs": 1, "num_probes": 16, "num_images": 2,
-                                        "faithfulness": False}})
+        callbacks.append(
+            {
+                "class_path": "kdlight.explain.ExplanationAgreement",
+                "init_args": {
+                    "methods": ["saliency"],
+                    "every_n_epochs": 1,
+                    "num_probes": 16,
+                    "num_images": 2,
+                    "faithfulness": False,
+                },
+            }
+        )
     override = out.parent / f"{out.name}-callbacks.yaml"
     override.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
-    main(["fit", "-c", str(DIGITS / config), "-c", str(override), "--trainer.max_epochs=2",
-          "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1",
-          f"--run_dir={out}", *QUIET, *extra])
+    main(
+        [
+            "fit",
+            "-c",
+            str(DIGITS / config),
+            "-c",
+            str(override),
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            "--trainer.log_every_n_steps=1",
+            f"--run_dir={out}",
+            *QUIET,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +100,16 @@ def test_load_csv_run(runs):
     assert set(run.metrics["level"]) == {"epoch", "step"}
     epochs, steps = run.epochs, run.steps
     assert list(epochs["epoch"]) == [0, 1] and list(steps["step"]) == [0, 1, 2, 3]
-    for key in ("train/loss", "train/loss_kd", "train/loss_ce", "val/acc", "val/agreement", "val/teacher_acc",
-                "val/explain/saliency/rank_correlation", "val/explain/saliency/chance_rank_correlation"):
+    for key in (
+        "train/loss",
+        "train/loss_kd",
+        "train/loss_ce",
+        "val/acc",
+        "val/agreement",
+        "val/teacher_acc",
+        "val/explain/saliency/rank_correlation",
+        "val/explain/saliency/chance_rank_correlation",
+    ):
         assert epochs[key].notna().all(), key
     assert {"train/loss", "train/loss_kd"} <= set(steps.columns) and "val/acc" not in steps.columns
     assert not any(c.endswith(("_step", "_epoch")) for c in run.metrics.columns)
@@ -107,17 +146,19 @@ def test_load_runs_best_and_final(runs):
 
 
 def test_tidy_metrics_splits_step_and_epoch_levels():
-    raw = pd.DataFrame([
-        {"epoch": 0, "step": 0, "train/loss_step": 1.0, "train/weight_kd": 0.5},
-        {"epoch": 0, "step": 1, "train/loss_step": 0.8, "train/weight_kd": 0.6},
-        {"epoch": 0, "step": 1, "lr-Adam": 0.01},
-        {"epoch": 0, "step": 1, "val/acc": 0.5},
-        {"epoch": 0, "step": 1, "train/loss_epoch": 0.9},
-        {"epoch": 1, "step": 2, "train/loss_step": 0.7, "train/weight_kd": 0.7},
-        {"epoch": 1, "step": 2, "lr-Adam": 0.001},
-        {"epoch": 1, "step": 2, "val/acc": 0.6},
-        {"epoch": 1, "step": 2, "train/loss_epoch": 0.7},
-    ])
+    raw = pd.DataFrame(
+        [
+            {"epoch": 0, "step": 0, "train/loss_step": 1.0, "train/weight_kd": 0.5},
+            {"epoch": 0, "step": 1, "train/loss_step": 0.8, "train/weight_kd": 0.6},
+            {"epoch": 0, "step": 1, "lr-Adam": 0.01},
+            {"epoch": 0, "step": 1, "val/acc": 0.5},
+            {"epoch": 0, "step": 1, "train/loss_epoch": 0.9},
+            {"epoch": 1, "step": 2, "train/loss_step": 0.7, "train/weight_kd": 0.7},
+            {"epoch": 1, "step": 2, "lr-Adam": 0.001},
+            {"epoch": 1, "step": 2, "val/acc": 0.6},
+            {"epoch": 1, "step": 2, "train/loss_epoch": 0.7},
+        ]
+    )
     frame = tidy_metrics(raw)
     _check_levels(frame)
     # kdlight's own naming: the step value as train/loss, the epoch mean as train/loss_epoch
@@ -133,6 +174,15 @@ def _check_levels(frame):
     assert list(steps["step"]) == [0, 1, 2] and list(steps["train/loss"]) == [1.0, 0.8, 0.7]
     assert list(steps["train/weight_kd"]) == [0.5, 0.6, 0.7]  # on_step only: logged beside a _step metric
     assert epochs["train/weight_kd"].isna().all()
+
+
+def test_every_public_name_resolves_from_the_package():
+    import kdlight.analysis as analysis
+
+    for name in analysis.__all__:
+        assert getattr(analysis, name).__module__.startswith("kdlight.analysis."), name
+    with pytest.raises(AttributeError, match="has no attribute 'nope'; it has: .*load_run"):
+        _ = analysis.nope
 
 
 def test_tidy_metrics_needs_epoch_and_step():
@@ -201,27 +251,58 @@ def test_figures(runs):
     assert fig.axes[0].get_title() == "x"
     with pytest.raises(ValueError, match="not epoch-level metrics"):
         plot_curves(run, metrics=["val/nope"])
-    scatter = plot_accuracy_vs_agreement([runs["kd"], runs["kd"]], x="val/explain/saliency/rank_correlation", chance=0.0)
+    scatter = plot_accuracy_vs_agreement(
+        [runs["kd"], runs["kd"]], x="val/explain/saliency/rank_correlation", chance=0.0
+    )
     assert isinstance(scatter, Figure) and len(scatter.axes[0].collections[0].get_offsets()) == 2
     with pytest.raises(ValueError, match="not in the runs table"):
         plot_accuracy_vs_agreement(load_runs([runs["teacher"]]))  # a teacher run has no val/agreement
 
 
-def test_heatmaps_from_checkpoint(runs, digits, monkeypatch):
-    import kdlight.analysis as analysis
+def test_heatmaps_from_checkpoint_draws_both_models_maps_of_the_chosen_samples(runs, digits):
+    from kdlight.explain.plots import explanation_figure, figure_to_array
 
-    drawn = []
-    real = analysis.explanation_figure
-    monkeypatch.setattr(analysis, "explanation_figure", lambda *a, **k: drawn.append((a, k)) or real(*a, **k))
-    fig = heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[0, 5, 7], method="saliency")
+    indices = [0, 5, 7]
+    fig = heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=indices, method="saliency")
     assert isinstance(fig, Figure) and len(fig.axes) == 1  # digits are images: one mosaic, a row per probe
-    ((args, kwargs),) = drawn
-    labels = kwargs["labels"]
-    assert len(args[0]) == 3 and len(labels) == 3 and labels[0].startswith("#0 y=") and labels[2].startswith("#7 y=")
+    # expected: signed input gradients of the teacher's predicted logit (saliency), from autograd
+    module = load_module(runs["kd"] / "best.ckpt")
+    x_all, y_all = digits.split_tensors("val")
+    x, y = x_all[indices], y_all[indices]
+    with torch.no_grad():
+        t_pred, s_pred = module.teacher(x).argmax(-1), module.student(x).argmax(-1)
+
+    def gradient(model):
+        inputs = x.clone().requires_grad_()
+        model(inputs).gather(1, t_pred[:, None]).sum().backward()
+        return inputs.grad
+
+    labels = [f"#{i} y={int(y[k])} t={int(t_pred[k])} s={int(s_pred[k])}" for k, i in enumerate(indices)]
+    expected = explanation_figure(
+        x, gradient(module.teacher), gradient(module.student), labels=labels, title="saliency (val) from best.ckpt"
+    )
+    drawn, wanted = figure_to_array(fig).astype(int), figure_to_array(expected).astype(int)
+    assert drawn.shape == wanted.shape and abs(drawn - wanted).max() <= 1  # the same picture, up to rounding
     with pytest.raises(ValueError, match=r"out of range for the val split \(\d+ samples\)"):
         heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[10_000])
     with pytest.raises(ValueError, match="target must be"):
         heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[0], target="nobody")
+
+
+def test_heatmaps_from_a_data_module_with_loaders_only(runs, digits):
+    """A LightningDataModule without kdlight's extras (split_tensors, train_inputs) gives the same
+    figure: its samples are read from its loader."""
+    import lightning as L
+
+    class LoadersOnly(L.LightningDataModule):
+        def val_dataloader(self):
+            return digits.val_dataloader()
+
+    from kdlight.explain.plots import figure_to_array
+
+    kdlight_dm = heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", digits, indices=[1, 2])
+    plain_dm = heatmaps_from_checkpoint(runs["kd"] / "best.ckpt", LoadersOnly(), indices=[1, 2])
+    assert (figure_to_array(kdlight_dm) == figure_to_array(plain_dm)).all()
 
 
 def test_load_module_restores_the_distilled_student(runs):
@@ -276,10 +357,14 @@ def test_classifier_checkpoint_where_a_distillation_module_is_needed(runs, digit
 def test_checkpoints_not_written_by_the_cli(tmp_path):
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {"model.weight": torch.zeros(1)}, "hyper_parameters": {}}, plain)
-    with pytest.raises(ValueError, match="holds a kdlight.ClassifierModule but a kdlight.training.distillation.DistillationModule"):
+    with pytest.raises(
+        ValueError, match="holds a kdlight.ClassifierModule but a kdlight.training.distillation.DistillationModule"
+    ):
         load_module(plain)
     distilled = tmp_path / "distilled.ckpt"
-    torch.save({"state_dict": {"teacher.w": torch.zeros(1), "student.w": torch.zeros(1)}, "hyper_parameters": {}}, distilled)
+    torch.save(
+        {"state_dict": {"teacher.w": torch.zeros(1), "student.w": torch.zeros(1)}, "hyper_parameters": {}}, distilled
+    )
     with pytest.raises(ValueError, match="does not record its teacher/student classes"):
         load_module(distilled)
     bare = tmp_path / "bare.pt"

@@ -1,4 +1,5 @@
 """Comparison tables and the chance-level reference model."""
+
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,10 @@ def test_teacher_row_agrees_with_itself_and_accuracy_is_right():
     with torch.no_grad():
         expected = (student(x).argmax(1) == y).float().mean().item()
     assert rows["s"]["acc"] == expected and rows["s"]["params"] == sum(p.numel() for p in student.parameters())
+    from kdlight.core.modality import Tabular
+
+    declared = compare_models({"t": teacher, "s": student}, teacher="t", inputs=x, labels=y, modality=Tabular())
+    assert declared == list(rows.values())  # the data module's modality: the same as the one read off [N, F] inputs
     table = format_table(list(rows.values()), title="toy")
     assert table.startswith("**toy**") and table.count("\n| ") == 3
 

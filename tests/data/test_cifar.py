@@ -68,7 +68,7 @@ def test_genuine_cifar100_file_with_fine_and_coarse_labels(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    (train, x, y), (test, *_) = _batch(rng, b"fine_labels"), _batch(rng, b"fine_labels")
+    (train, _, y), (test, *_) = _batch(rng, b"fine_labels"), _batch(rng, b"fine_labels")
     _dump(folder / "train", train, 2)
     _dump(folder / "test", test, pickle.DEFAULT_PROTOCOL)
     dm = CIFAR100DataModule(str(tmp_path), num_workers=0, augment=False)

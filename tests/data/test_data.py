@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kdlight.data import (
+    ArrayDataModule,
     BreastCancerDataModule,
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -85,12 +86,11 @@ def test_digits_seed_determinism_and_caching():
     for s in ("train", "val", "test"):
         assert np.array_equal(a.split_indices[s], b.split_indices[s])
         assert not np.array_equal(a.split_indices[s], c.split_indices[s])
-    x_before = a.split_tensors("train")[0]
+    x_before, dataset = a.split_tensors("train")[0], a.train_dataloader().dataset
     a.setup("test")
-    assert a._splits["train"][0] is a._splits["train"][0] and torch.equal(a.split_tensors("train")[0], x_before)
-    ds = a._datasets["train"]
-    a.setup("fit")
-    assert a._datasets["train"] is ds
+    a.setup("fit")  # setup again: the same splits, not regenerated or copied
+    assert a.split_tensors("train")[0].data_ptr() == x_before.data_ptr()
+    assert all(torch.equal(a.train_dataloader().dataset[i][0], dataset[i][0]) for i in (0, 100, len(dataset) - 1))
 
 
 def test_val_fraction_zero_uses_test():
@@ -110,25 +110,28 @@ def test_loaders_batches_and_order():
     assert train.batch_size == 50 and train.drop_last is False
     assert train.pin_memory == torch.cuda.is_available() and train.persistent_workers is False
     batches = list(train)
-    assert all(isinstance(b, (list, tuple)) and len(b) == 2 for b in batches)
-    assert [len(y) for _, y in batches[:-1]] == [50] * (len(batches) - 1)
-    assert sum(len(y) for _, y in batches) == n_train
-    x0, y0 = batches[0]
+    assert all(sorted(b) == ["index", "inputs", "target"] for b in batches)  # named batches
+    assert [len(b["target"]) for b in batches[:-1]] == [50] * (len(batches) - 1)
+    assert sum(len(b["target"]) for b in batches) == n_train
+    x0, y0, i0 = batches[0]["inputs"], batches[0]["target"], batches[0]["index"]
     assert x0.shape == (50, 1, 8, 8) and x0.dtype == torch.float32 and y0.dtype == torch.int64
-    # shuffled, but reproducibly from the seed
+    # index: each sample's row in split_tensors (what the teacher cache is keyed on)
     x_train, y_train = dm.split_tensors("train")
+    assert i0.dtype == torch.int64 and torch.equal(x0, x_train[i0]) and torch.equal(y0, y_train[i0])
+    assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(n_train))
+    # shuffled, but reproducibly from the seed
     assert not torch.equal(x0, x_train[:50])
-    assert torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=0).train_dataloader()))[0], x0)
-    assert not torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=5).train_dataloader()))[1], y0)
+    assert torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=0).train_dataloader()))["inputs"], x0)
+    assert not torch.equal(next(iter(DigitsDataModule(batch_size=50, seed=5).train_dataloader()))["target"], y0)
     # the order is a function of (seed, epoch): same epoch repeats (resumable), next epoch differs
-    assert torch.equal(next(iter(train))[1], y0)
+    assert torch.equal(next(iter(train))["target"], y0)
     train.sampler.set_epoch(1)
-    assert not torch.equal(next(iter(train))[1], y0)
-    # val/test in order
-    xv, yv = next(iter(dm.val_dataloader()))
-    assert torch.equal(xv, dm.split_tensors("val")[0][:50]) and torch.equal(yv, dm.split_tensors("val")[1][:50])
-    xt, _ = next(iter(dm.test_dataloader()))
-    assert torch.equal(xt, dm.split_tensors("test")[0][:50])
+    assert not torch.equal(next(iter(train))["target"], y0)
+    # val/test in order, indexed too
+    val = next(iter(dm.val_dataloader()))
+    assert torch.equal(val["inputs"], dm.split_tensors("val")[0][:50]) and torch.equal(val["target"], dm.split_tensors("val")[1][:50])
+    assert val["index"].tolist() == list(range(50))
+    assert torch.equal(next(iter(dm.test_dataloader()))["inputs"], dm.split_tensors("test")[0][:50])
     # workers -> persistent workers
     assert DigitsDataModule(num_workers=2).train_dataloader().persistent_workers is True
 
@@ -171,8 +174,8 @@ def test_breast_cancer_standardization_and_names():
     assert not np.allclose(mean, all_mean)  # sanity: train stats differ from the full-data stats
     assert torch.allclose(dm.feature_mean.double(), torch.from_numpy(mean), rtol=1e-5)
     assert dm.example_input(3).shape == (3, 30)
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (64, 30) and y.dtype == torch.int64
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"].shape == (64, 30) and batch["target"].dtype == torch.int64
 
 
 def test_breast_cancer_seed():
@@ -213,8 +216,8 @@ def test_mnist1d_matches_package(mnist1d_reference, mnist1d_dm):
         assert torch.equal(x[:, 0], torch.from_numpy(ref[xk][idx].astype(np.float32)))
         assert torch.equal(y, torch.from_numpy(ref[yk][idx].astype(np.int64)))
     assert dm.train_inputs().shape == (3600, 1, 40) and dm.example_input().shape == (2, 1, 40)
-    x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (64, 1, 40) and y.shape == (64,)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["inputs"].shape == (64, 1, 40) and batch["target"].shape == (64,)
 
 
 def test_mnist1d_cache_seed_and_rng(mnist1d_dm):
@@ -303,10 +306,12 @@ def test_cifar10_layout_and_protocol(fake_cifar10):
     assert torch.equal(dm.split_tensors("train")[1], torch.from_numpy(y))
     assert torch.allclose(dm.split_tensors("test")[0], _normalize(xt, dm), atol=1e-6)
     assert dm.example_input(4).shape == (4, 3, 32, 32) and dm.train_inputs().dtype == torch.float32
-    xb, yb = next(iter(dm.train_dataloader()))
-    assert xb.shape == (16, 3, 32, 32) and xb.dtype == torch.float32 and yb.dtype == torch.int64
-    xv, yv = next(iter(dm.val_dataloader()))
-    assert torch.allclose(xv, _normalize(xt[:16], dm), atol=1e-6) and torch.equal(yv, torch.from_numpy(yt[:16]))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"].shape == (16, 3, 32, 32) and batch["inputs"].dtype == torch.float32
+    assert batch["target"].dtype == torch.int64
+    val = next(iter(dm.val_dataloader()))
+    assert torch.allclose(val["inputs"], _normalize(xt[:16], dm), atol=1e-6)
+    assert torch.equal(val["target"], torch.from_numpy(yt[:16]))
     # data_dir may point at the folder itself
     direct = CIFAR10DataModule(str(root / "cifar-10-batches-py"), num_workers=0, augment=False)
     assert torch.equal(direct.train_inputs(), dm.train_inputs())
@@ -317,14 +322,14 @@ def test_cifar_augmentation(fake_cifar10):
     dm = CIFAR10DataModule(str(root), batch_size=8, num_workers=0, augment=True)
     assert dm.augmented is True
     dm.setup()
-    ds = dm._datasets["train"]
+    ds = dm.train_dataloader().dataset
     clean = dm.train_inputs()
     draws = torch.stack([ds[3][0] for _ in range(12)])
     assert draws.shape == (12, 3, 32, 32) and draws.dtype == torch.float32
     assert any(not torch.allclose(d, clean[3]) for d in draws)  # augmentation changes samples
     assert len({tuple(d.flatten()[:64].tolist()) for d in draws}) > 1
     # val/test are never augmented; example_input/train_inputs are clean
-    assert torch.equal(dm._datasets["val"][0][0], dm.split_tensors("val")[0][0])
+    assert torch.equal(dm.val_dataloader().dataset[0][0], dm.split_tensors("val")[0][0])
     assert torch.equal(dm.example_input(1)[0], clean[0])
     # a crop+flip is a shift/flip of the zero-padded raw image
     img = torch.arange(2 * 32 * 32, dtype=torch.float32).view(2, 32, 32)
@@ -337,7 +342,7 @@ def test_cifar_augmentation(fake_cifar10):
     # the training stream is reproducible from the seed
     a = CIFAR10DataModule(str(root), batch_size=8, num_workers=0, seed=3)
     b = CIFAR10DataModule(str(root), batch_size=8, num_workers=0, seed=3)
-    assert torch.equal(next(iter(a.train_dataloader()))[0], next(iter(b.train_dataloader()))[0])
+    assert torch.equal(next(iter(a.train_dataloader()))["inputs"], next(iter(b.train_dataloader()))["inputs"])
 
 
 def test_cifar_workers(fake_cifar10):
@@ -345,8 +350,9 @@ def test_cifar_workers(fake_cifar10):
     dm = CIFAR10DataModule(str(root), batch_size=50, num_workers=2, seed=0, augment=True)
     loader = dm.train_dataloader()
     assert loader.persistent_workers is True and loader.num_workers == 2
-    xb = torch.cat([b[0] for b in loader])
-    assert xb.shape == (100, 3, 32, 32)
+    batches = list(loader)
+    assert torch.cat([b["inputs"] for b in batches]).shape == (100, 3, 32, 32)
+    assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(100))
 
 
 def test_cifar_val_split(fake_cifar10):
@@ -369,8 +375,8 @@ def test_cifar100_layout(fake_cifar100):
         assert dm.class_names[:3] == ["apple", "aquarium_fish", "baby"] and dm.class_names[-1] == "worm"
         assert dm.split_sizes() == {"train": 200, "val": 100, "test": 100}
         assert sorted(dm.split_tensors("val")[1].tolist()) == list(range(100))  # one per class
-        xb, yb = next(iter(dm.train_dataloader()))
-        assert xb.shape == (32, 3, 32, 32) and int(yb.max()) < 100
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["inputs"].shape == (32, 3, 32, 32) and int(batch["target"].max()) < 100
 
 
 def test_cifar_missing(tmp_path):
@@ -390,13 +396,25 @@ def test_cifar_missing(tmp_path):
         CIFAR100DataModule(str(tmp_path)).example_input()
 
 
-def test_return_index_adds_sample_indices_to_training_batches():
-    dm = DigitsDataModule(batch_size=32, seed=0)
-    dm.return_index = True
-    x, y, index = next(iter(dm.train_dataloader()))
-    x_train, y_train = dm.split_tensors("train")
-    assert torch.equal(x, x_train[index]) and torch.equal(y, y_train[index])
-    assert len(next(iter(dm.val_dataloader()))) == 2  # only the training stream carries indices
+class TokenDataModule(ArrayDataModule):
+    """Integer inputs (token ids), as a text data module would store them."""
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=8, val_fraction=0.25)
+        self.num_classes, self.input_shape, self.class_names = 2, (6,), ["a", "b"]
+
+    def _load_splits(self):
+        ids = torch.arange(40 * 6).view(40, 6) % 1000 + 2**40  # beyond float32's exact integers
+        return self._split_full(ids, torch.arange(40) % 2, test_fraction=0.25)
+
+
+def test_integer_inputs_are_never_cast_to_float():
+    dm = TokenDataModule()
+    x_train, _ = dm.split_tensors("train")
+    assert x_train.dtype == torch.int64 and int(x_train.min()) >= 2**40
+    assert dm.train_inputs().dtype == dm.example_input(3).dtype == torch.int64
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"].dtype == torch.int64 and torch.equal(batch["inputs"], x_train[batch["index"]])
 
 
 # ------------------------------------------------------------------ sample identity (teacher leakage checks)

@@ -109,9 +109,9 @@ def test_cue_mask_and_positions(region, size):
 
 
 def test_loaders_serve_cued_batches(shortcut):
-    x, y = next(iter(shortcut.val_dataloader()))
-    assert x.shape[1:] == (1, 8, 8)
-    assert (read_cue(shortcut, x) == y).all()
+    batch = next(iter(shortcut.val_dataloader()))
+    assert batch["inputs"].shape[1:] == (1, 8, 8)
+    assert (read_cue(shortcut, batch["inputs"]) == batch["target"]).all()
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,11 @@
 """ExplanationAgreement inside fit, validate and test, its artifacts and its bad inputs."""
+
 from __future__ import annotations
 
 import copy
-import os
 import re
+import subprocess
 import sys
-import threading
 
 import pandas as pd
 import pytest
@@ -14,17 +14,21 @@ from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import ClassifierModule, DistillationModule
 from kdlight.explain.callback import ExplanationAgreement
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 KEY = "val/explain/integrated_gradients/rank_correlation"
 
 
 def make_module(teacher_checkpoint, student=None, **kwargs):
     return DistillationModule(
-        digits_teacher(), student or digits_student(), teacher_checkpoint=str(teacher_checkpoint),
-        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), **kwargs,
+        digits_teacher(),
+        student or digits_student(),
+        teacher_checkpoint=str(teacher_checkpoint),
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        **kwargs,
     )
 
 
@@ -36,21 +40,49 @@ def small_callback(**kw):
     return ExplanationAgreement(**settings)
 
 
+AGREEMENT = (
+    "cosine",
+    "rank_correlation",
+    "pearson",
+    "feature_agreement",
+    "rank_agreement",
+    "sign_agreement",
+    "signed_rank_agreement",
+    "pairwise_rank_agreement",
+)
+CHANCE = ("chance_cosine", "chance_rank_correlation", "chance_feature_agreement")
+FAITHFULNESS = tuple(
+    f"{role}_{score}" for role in ("teacher", "student") for score in ("deletion_auc", "insertion_auc", "infidelity")
+)
+
+
 def test_fit_logs_every_metric_table_and_heatmap(digits, teacher_checkpoint, tmp_path):
     callback = small_callback()
     trainer = tiny_trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(tmp_path, name="run"))
     trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
-    metrics = trainer.callback_metrics
-    for method in ("integrated_gradients", "saliency"):
-        for name in ("cosine", "rank_correlation", "pearson", "feature_agreement", "rank_agreement", "sign_agreement",
-                     "signed_rank_agreement", "pairwise_rank_agreement", "student_deletion_auc", "teacher_insertion_auc",
-                     "student_infidelity", "nonfinite"):
-            assert f"val/explain/{method}/{name}" in metrics, (method, name)
-    assert "val/explain/surrogate/fidelity" in metrics and "val/explain/prediction_agreement" in metrics
-    assert -1.0 <= float(metrics[KEY]) <= 1.0
+    expected = {
+        f"val/explain/{method}/{name}"
+        for method in ("integrated_gradients", "saliency")
+        for name in (*AGREEMENT, *CHANCE, "nonfinite", *FAITHFULNESS)
+    }
+    expected |= {"val/explain/prediction_agreement", "val/explain/surrogate/fidelity", "val/explain/surrogate/leaves"}
+    assert set(callback.last_results) == expected  # exactly these names, no more
+    assert {k for k in trainer.callback_metrics if k.startswith("val/explain/")} == expected
+    assert -1.0 <= callback.last_results[KEY] <= 1.0
+    # the loggers get the exact (float64) values, in one row at the explained epoch's last step
+    rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")), float_precision="round_trip")
+    (row,) = rows.dropna(subset=[KEY]).to_dict("records")
+    assert (row["epoch"], row["step"]) == (0, trainer.global_step)
+    assert {k: row[k] for k in expected} == pytest.approx(callback.last_results, rel=0, abs=0, nan_ok=True)
     files = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    assert any(f.startswith("val_explain_integrated_gradients_heatmaps") and f.endswith(".png") for f in files)
-    assert any(f.startswith("val_explain_saliency_per_class") and f.endswith(".csv") for f in files)
+    for method in ("integrated_gradients", "saliency"):  # drawn once, at the end of fit
+        assert (
+            f"val_explain_{method}_heatmaps_epoch000.png" in files
+            and f"val_explain_{method}_per_class_epoch000.csv" in files
+        )
+    table = pd.read_csv(next((tmp_path / "run").rglob("val_explain_saliency_per_class_epoch000.csv")))
+    assert list(table.columns) == ["class", "name", "mean", "count", "skipped"] and len(table) == 10
+    assert table["count"].sum() + table["skipped"].sum() == 32  # every probe, in its class
 
 
 def test_works_under_validate_and_test_inference_mode(digits, teacher_checkpoint):
@@ -91,15 +123,19 @@ def test_probe_set_is_fixed_and_bounded():
 
 def test_too_many_probes_for_the_validation_set(digits, teacher_checkpoint):
     with pytest.raises(ValueError, match="larger than the validation set"):
-        tiny_trainer(callbacks=[small_callback(num_probes=10_000)]).validate(make_module(teacher_checkpoint), datamodule=digits)
+        tiny_trainer(callbacks=[small_callback(num_probes=10_000)]).validate(
+            make_module(teacher_checkpoint), datamodule=digits
+        )
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match=r"unknown attribution method\(s\) \['lime'\]; valid methods are: .*saliency"):
-        ExplanationAgreement(methods=["lime"])
+    with pytest.raises(ValueError, match=r"unknown attribution method\(s\) \['salience'\]; valid methods are: .*saliency"):
+        ExplanationAgreement(methods=["salience"])
     with pytest.raises(ValueError, match="target must be one of teacher, label, student"):
         ExplanationAgreement(target="random")
-    with pytest.raises(ValueError, match="'gradcam', which is not an attribution method; valid methods are: .*grad_cam"):
+    with pytest.raises(
+        ValueError, match="'gradcam', which is not an attribution method; valid methods are: .*grad_cam"
+    ):
         ExplanationAgreement(methods=["saliency"], method_args={"gradcam": {"layer": "conv2"}})
     # settings for a known method that is not selected are kept, so `--...methods=[saliency]` works on any config
     ExplanationAgreement(methods=["saliency"], method_args={"integrated_gradients": {"n_steps": 16}})
@@ -145,80 +181,78 @@ def test_bf16_mixed_precision_gives_float32_attributions(digits, teacher_checkpo
     assert torch.isfinite(torch.tensor(callback.last_results["val/explain/saliency/rank_correlation"]))
 
 
-def _teacher_attribution_calls(monkeypatch, module):
-    """Count attribution calls made on the teacher (the student's are not counted)."""
-    import kdlight.explain.callback as callback_module
-
-    calls, real = [], callback_module.attribute
-
-    def counting(model, *args, **kwargs):
-        if model is module.teacher:
-            calls.append(1)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(callback_module, "attribute", counting)
-    return calls
-
-
-def test_teacher_cache_dir_is_reused_across_runs_and_keyed_by_teacher(digits, teacher_checkpoint, tmp_path, monkeypatch):
+def test_explanation_cache_dir_is_read_by_later_runs_and_keyed_by_teacher(digits, teacher_checkpoint, tmp_path):
     cache = tmp_path / "teacher_explanations"
     module = make_module(teacher_checkpoint)
     reference = small_callback(log_images=False)
     tiny_trainer(callbacks=[reference]).validate(module, datamodule=digits, verbose=False)
 
-    calls = _teacher_attribution_calls(monkeypatch, module)
-    first = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    first = small_callback(log_images=False, explanation_cache_dir=str(cache))
     tiny_trainer(callbacks=[first]).validate(module, datamodule=digits, verbose=False)
-    computed = len(calls)
-    assert computed > 0 and len(list(cache.glob("*.pt"))) == 2  # one entry per method
-    second = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    assert first.last_results == pytest.approx(reference.last_results, abs=1e-6, nan_ok=True)
+    entries = sorted(cache.glob("*.pt"))
+    assert [p.name.rsplit("_", 1)[0] for p in entries] == ["integrated_gradients", "saliency"]  # <method>_<key>.pt
+    # doctor the stored teacher side: a later run that reads it logs what the file says
+    for path in entries:
+        entry = torch.load(path, weights_only=True)
+        entry["maps"], entry["deletion_auc"] = -entry["maps"], torch.full_like(entry["deletion_auc"], 0.25)
+        torch.save(entry, path)
+    second = small_callback(log_images=False, explanation_cache_dir=str(cache))
     tiny_trainer(callbacks=[second]).validate(module, datamodule=digits, verbose=False)
-    assert len(calls) == computed  # the second run read the teacher's side from disk
-    for results in (first.last_results, second.last_results):
-        for key, value in reference.last_results.items():
-            assert results[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    for method in ("integrated_gradients", "saliency"):
+        key = f"val/explain/{method}"
+        assert second.last_results[f"{key}/cosine"] == pytest.approx(-first.last_results[f"{key}/cosine"], abs=1e-6)
+        assert second.last_results[f"{key}/teacher_deletion_auc"] == pytest.approx(0.25)
+        assert second.last_results[f"{key}/student_deletion_auc"] == first.last_results[f"{key}/student_deletion_auc"]
 
     with torch.no_grad():  # another teacher: new entries, never the stored ones
         next(module.teacher.parameters()).mul_(0.5)
-    third = small_callback(log_images=False, teacher_cache_dir=str(cache))
+    third = small_callback(log_images=False, explanation_cache_dir=str(cache))
     tiny_trainer(callbacks=[third]).validate(module, datamodule=digits, verbose=False)
-    assert len(calls) > computed and len(list(cache.glob("*.pt"))) == 4
+    assert len(list(cache.glob("*.pt"))) == 4
+    assert third.last_results["val/explain/saliency/teacher_deletion_auc"] != pytest.approx(0.25)
 
 
 def test_unreadable_teacher_cache_entry_is_recomputed_with_a_warning(digits, teacher_checkpoint, tmp_path):
     cache = tmp_path / "teacher_explanations"
     module = make_module(teacher_checkpoint)
-    first = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(cache))
+    first = small_callback(methods=["saliency"], log_images=False, faithfulness=False, explanation_cache_dir=str(cache))
     tiny_trainer(callbacks=[first]).validate(module, datamodule=digits, verbose=False)
     (entry,) = cache.glob("*.pt")
     entry.write_bytes(b"not a torch file")
-    second = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(cache))
+    second = small_callback(
+        methods=["saliency"], log_images=False, faithfulness=False, explanation_cache_dir=str(cache)
+    )
     with pytest.warns(UserWarning, match="unreadable teacher explanation cache"):
         tiny_trainer(callbacks=[second]).validate(module, datamodule=digits, verbose=False)
     assert second.last_results == pytest.approx(first.last_results, nan_ok=True)
     torch.load(entry, weights_only=True)  # rewritten
 
 
-def test_auto_teacher_cache_dir_lives_beside_the_teacher_checkpoint(digits, teacher_checkpoint, tmp_path):
+def test_auto_explanation_cache_dir_lives_beside_the_teacher_checkpoint(digits, teacher_checkpoint, tmp_path):
     import shutil
 
     own_checkpoint = tmp_path / "teacher" / "best.ckpt"
     own_checkpoint.parent.mkdir()
     shutil.copy(teacher_checkpoint, own_checkpoint)
     module = make_module(own_checkpoint)
-    callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
+    callback = small_callback(methods=["saliency"], log_images=False, explanation_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
     assert len(list((tmp_path / "teacher" / "explanations").glob("saliency_*.pt"))) == 1
-    unloaded = DistillationModule(digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True)
-    callback = small_callback(methods=["saliency"], log_images=False, teacher_cache_dir="auto")
+    unloaded = DistillationModule(
+        digits_teacher(), digits_student(), optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True
+    )
+    callback = small_callback(methods=["saliency"], log_images=False, explanation_cache_dir="auto")
     tiny_trainer(callbacks=[callback]).validate(unloaded, datamodule=digits, verbose=False)
-    assert callback._cache_dir is None  # a teacher not loaded from a file: memory only
+    assert len(list(tmp_path.rglob("*.pt"))) == 1  # a teacher not loaded from a file: memory only
 
 
-def test_unwritable_teacher_cache_dir_warns_and_goes_on(digits, teacher_checkpoint, tmp_path):
+def test_unwritable_explanation_cache_dir_warns_and_goes_on(digits, teacher_checkpoint, tmp_path):
     blocker = tmp_path / "not_a_directory"
     blocker.write_text("a file where the cache directory should be")
-    callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False, teacher_cache_dir=str(blocker / "cache"))
+    callback = small_callback(
+        methods=["saliency"], log_images=False, faithfulness=False, explanation_cache_dir=str(blocker / "cache")
+    )
     with pytest.warns(UserWarning, match="could not write the teacher explanation cache"):
         tiny_trainer(callbacks=[callback]).validate(make_module(teacher_checkpoint), datamodule=digits, verbose=False)
     assert "val/explain/saliency/cosine" in callback.last_results
@@ -226,20 +260,28 @@ def test_unwritable_teacher_cache_dir_warns_and_goes_on(digits, teacher_checkpoi
 
 def test_validate_returns_and_fit_logs_the_explanation_metrics(digits, teacher_checkpoint, tmp_path):
     module = make_module(teacher_checkpoint)
-    returned = tiny_trainer(callbacks=[small_callback(log_images=False)]).validate(module, datamodule=digits, verbose=False)
+    returned = tiny_trainer(callbacks=[small_callback(log_images=False)]).validate(
+        module, datamodule=digits, verbose=False
+    )
     assert KEY in returned[0]  # trainer.validate's results (and the printed table) hold them
-    trainer = tiny_trainer(max_epochs=1, callbacks=[small_callback(log_images=False)], logger=CSVLogger(tmp_path, name="run"))
+    trainer = tiny_trainer(
+        max_epochs=1, callbacks=[small_callback(log_images=False)], logger=CSVLogger(tmp_path, name="run")
+    )
     trainer.fit(module, datamodule=digits)
     rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
     logged = rows.dropna(subset=[KEY])
-    assert list(logged["epoch"]) == [0] and float(logged[KEY].iloc[0]) == pytest.approx(float(trainer.callback_metrics[KEY]))
+    assert list(logged["epoch"]) == [0] and float(logged[KEY].iloc[0]) == pytest.approx(
+        float(trainer.callback_metrics[KEY])
+    )
 
 
 def test_one_callback_object_reused_for_another_teacher_forgets_the_first(digits, teacher_checkpoint):
     callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     first = make_module(teacher_checkpoint)
     tiny_trainer(callbacks=[callback]).validate(first, datamodule=digits, verbose=False)
-    other = DistillationModule(digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True)  # untrained teacher
+    other = DistillationModule(
+        digits_teacher(), first.student, optimizer=lambda p: torch.optim.Adam(p), teacher_as_given=True
+    )  # untrained teacher
     tiny_trainer(callbacks=[callback]).validate(other, datamodule=digits, verbose=False)
     fresh = small_callback(methods=["saliency"], log_images=False, faithfulness=False)
     tiny_trainer(callbacks=[fresh]).validate(other, datamodule=digits, verbose=False)
@@ -251,7 +293,9 @@ def test_one_callback_object_reused_for_other_probes_recomputes_the_teacher_side
 
     module = make_module(teacher_checkpoint, allow_teacher_data_overlap=True)  # the other split overlaps the teacher's
     callback = small_callback(methods=["saliency"], log_images=False)
-    tiny_trainer(callbacks=[callback]).validate(module, datamodule=DigitsDataModule(batch_size=64, seed=0), verbose=False)
+    tiny_trainer(callbacks=[callback]).validate(
+        module, datamodule=DigitsDataModule(batch_size=64, seed=0), verbose=False
+    )
     other_data = DigitsDataModule(batch_size=64, seed=1)  # another split: other probes
     tiny_trainer(callbacks=[callback]).validate(module, datamodule=other_data, verbose=False)
     fresh = small_callback(methods=["saliency"], log_images=False)
@@ -259,147 +303,19 @@ def test_one_callback_object_reused_for_other_probes_recomputes_the_teacher_side
     assert callback.last_results == pytest.approx(fresh.last_results, nan_ok=True)
 
 
-def test_teacher_cache_key_covers_the_probe_batch_size(digits, teacher_checkpoint, tmp_path):
+def test_explanation_cache_key_covers_the_probe_batch_size(digits, teacher_checkpoint, tmp_path):
     """Random methods draw per probe batch, so another batch size is another entry."""
     module = make_module(teacher_checkpoint)
     for batch_size in (16, 8):
-        callback = small_callback(methods=["gradient_shap"], log_images=False, faithfulness=False, batch_size=batch_size,
-                                  teacher_cache_dir=str(tmp_path))
+        callback = small_callback(
+            methods=["gradient_shap"],
+            log_images=False,
+            faithfulness=False,
+            batch_size=batch_size,
+            explanation_cache_dir=str(tmp_path),
+        )
         tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
     assert len(list(tmp_path.glob("gradient_shap_*.pt"))) == 2
-
-
-# --------------------------------------------------------------------------------------------
-# the teacher's side on a background thread during fit
-
-
-def _threads_computing_teacher_side(monkeypatch, callback) -> dict[str, set[str]]:
-    """Per method, the names of the threads that computed the teacher's maps and faithfulness."""
-    threads: dict[str, set[str]] = {}
-    real = callback._completed
-
-    def spy(entry, method, *args, **kwargs):
-        threads.setdefault(method, set()).add(threading.current_thread().name)
-        return real(entry, method, *args, **kwargs)
-
-    monkeypatch.setattr(callback, "_completed", spy)
-    return threads
-
-
-def test_teacher_side_of_pure_methods_is_computed_in_the_background(digits, teacher_checkpoint, monkeypatch):
-    callback = small_callback(methods=["integrated_gradients", "saliency", "gradient_shap"], log_images=False,
-                              method_args={"integrated_gradients": {"n_steps": 8}, "gradient_shap": {"n_samples": 4}})
-    threads = _threads_computing_teacher_side(monkeypatch, callback)
-    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    main = threading.main_thread().name
-    for method in ("integrated_gradients", "saliency"):  # no random draws, no hooks: beside training
-        assert len(threads[method]) == 1 and threads[method] != {main}, threads
-    assert threads["gradient_shap"] == {main}  # draws random numbers: in the run, as before
-    assert "val/explain/integrated_gradients/teacher_deletion_auc" in callback.last_results
-
-
-def test_background_teacher_side_leaves_training_and_results_unchanged(digits, teacher_checkpoint):
-    """Same student weights, same global RNG state and same explanation metrics with the teacher's
-    side computed beside training or in the run; the student's dropout draws random numbers."""
-    from lightning.pytorch import seed_everything
-
-    outcomes = []
-    for background in (True, False):
-        seed_everything(0, verbose=False)
-        student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
-        module = make_module(teacher_checkpoint, student=student)
-        callback = small_callback(log_images=False, teacher_in_background=background)
-        tiny_trainer(max_epochs=2, callbacks=[callback]).fit(module, datamodule=digits)
-        outcomes.append((module.student.state_dict(), torch.get_rng_state(), callback.last_results))
-    (weights, rng, results), (weights_fg, rng_fg, results_fg) = outcomes
-    assert all(torch.equal(weights[name], weights_fg[name]) for name in weights)
-    assert torch.equal(rng, rng_fg)
-    assert results == pytest.approx(results_fg, abs=1e-6, nan_ok=True)
-
-
-def test_failed_background_job_is_logged_and_the_run_computes_the_teacher_side(digits, teacher_checkpoint, monkeypatch, caplog):
-    callback = small_callback(methods=["saliency"], log_images=False)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("broken on purpose")
-
-    monkeypatch.setattr(callback, "_teacher_sides", broken)
-    with caplog.at_level("INFO", logger="kdlight.explain.callback"):
-        tiny_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    assert "broken on purpose" in caplog.text
-    assert "val/explain/saliency/teacher_insertion_auc" in callback.last_results
-
-
-def test_background_job_overlaps_training(digits, teacher_checkpoint, monkeypatch):
-    """The job is still pending when training batches run (it waits for one before finishing)."""
-    from lightning.pytorch import Callback
-
-    batch_done = threading.Event()
-
-    class BatchSignal(Callback):
-        def on_train_batch_end(self, *args):
-            batch_done.set()
-
-    callback = small_callback(methods=["saliency"], log_images=False)
-    threads = _threads_computing_teacher_side(monkeypatch, callback)
-    real = callback._teacher_sides
-
-    def after_a_training_batch(*args):
-        assert batch_done.wait(timeout=20), "no training batch ran while the job was pending"
-        return real(*args)
-
-    monkeypatch.setattr(callback, "_teacher_sides", after_a_training_batch)
-    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[BatchSignal(), callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    assert threads["saliency"] != {threading.main_thread().name}
-
-
-def test_background_job_never_relaxes_the_deterministic_flag(digits, teacher_checkpoint, monkeypatch):
-    """The flag is process-wide: flipping it on the job's thread would relax training too."""
-    calls_off_main = []
-    real = torch.use_deterministic_algorithms
-
-    def spy(*args, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            calls_off_main.append((args, kwargs))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "use_deterministic_algorithms", spy)
-    callback = small_callback(log_images=False)
-    threads = _threads_computing_teacher_side(monkeypatch, callback)
-    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    assert threads["integrated_gradients"] != {threading.main_thread().name}
-    assert calls_off_main == []
-
-
-def test_no_background_job_when_no_run_comes(digits, teacher_checkpoint, monkeypatch):
-    """No validation, no explanation: the teacher's side is not computed either."""
-    callback = small_callback(methods=["saliency"], log_images=False, every_n_epochs=5)
-    started = []
-    monkeypatch.setattr(callback, "_teacher_sides", lambda *args: started.append(1))
-    trainer = tiny_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=0, callbacks=[callback])
-    trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
-    assert started == [] and callback.last_results == {}
-
-
-def test_background_only_where_it_is_safe():
-    from types import SimpleNamespace
-
-    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-
-    cpu = torch.device("cpu")
-    single = SimpleNamespace(strategy=SingleDeviceStrategy(device=cpu))
-    callback = small_callback(methods=["integrated_gradients", "saliency", "gradient_shap", "grad_cam"],
-                              method_args={"saliency": {"noise_tunnel": "smoothgrad"}})
-    assert callback._background_methods(single, cpu) == ["integrated_gradients"]  # pure methods only
-    assert callback._background_methods(SimpleNamespace(strategy=DDPStrategy()), cpu) == ["integrated_gradients"]
-
-    class ShardingStrategy(DDPStrategy):  # e.g. FSDP or DeepSpeed: the teacher may be sharded
-        pass
-
-    assert callback._background_methods(SimpleNamespace(strategy=ShardingStrategy()), cpu) == []
-    assert callback._background_methods(single, torch.device("meta")) == []
-    assert small_callback(target="student")._background_methods(single, cpu) == []
-    assert small_callback(teacher_in_background=False)._background_methods(single, cpu) == []
 
 
 def test_too_many_probes_fail_when_fit_starts(digits, teacher_checkpoint):
@@ -410,48 +326,6 @@ def test_too_many_probes_fail_when_fit_starts(digits, teacher_checkpoint):
     with pytest.raises(ValueError, match="larger than the validation set"):
         trainer.fit(module, datamodule=digits)
     assert not seen  # before the first training epoch, not after it
-
-
-@pytest.mark.parametrize("objective", ["hint", "grad_cam_matching"])
-def test_background_job_ignores_the_objective_s_hooks_on_the_teacher(objective, digits, teacher_checkpoint, monkeypatch):
-    """Hint taps the teacher's conv2 for the whole fit; Grad-CAM matching hooks it inside each step.
-    The job explains a hook-free copy, so training sees only its own activations: the same weights
-    with the job as without it."""
-    from lightning.pytorch import seed_everything
-
-    from kdlight.objectives import KD, Composite, ExplanationMatching, Hint
-
-    weights = []
-    for background in (True, False):
-        seed_everything(0, verbose=False)
-        extra = Hint(student_layer="conv2", teacher_layer="conv2") if objective == "hint" else ExplanationMatching("grad_cam")
-        module = DistillationModule(
-            digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint),
-            objective=Composite([KD(), extra]), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-        )
-        callback = small_callback(methods=["integrated_gradients", "saliency"], log_images=False, teacher_in_background=background)
-        threads = _threads_computing_teacher_side(monkeypatch, callback)
-        tiny_trainer(max_epochs=2, limit_train_batches=6, callbacks=[callback]).fit(module, datamodule=digits)
-        assert (threads["saliency"] != {threading.main_thread().name}) is background
-        weights.append(module.student.state_dict())
-    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
-def test_background_job_runs_at_the_lowest_cpu_priority(digits, teacher_checkpoint, monkeypatch):
-    callback = small_callback(methods=["saliency"], log_images=False)
-    priorities = []
-    real = callback._completed
-
-    def spy(*args, **kwargs):
-        priorities.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(callback, "_completed", spy)
-    tiny_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(make_module(teacher_checkpoint), datamodule=digits)
-    ((name, priority),) = priorities
-    assert name != threading.main_thread().name and priority == 19
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the main thread keeps its own
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,20 +356,31 @@ def _fit_fails_before_training(callback, teacher_checkpoint, datamodule, match: 
 
 def test_bad_grad_cam_layer_fails_at_setup_naming_model_layers_and_option(digits, teacher_checkpoint):
     callback = small_callback(methods=["grad_cam"], every_n_epochs=2, method_args={"grad_cam": {"layer": "conv9"}})
-    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "the teacher \\(CNN2d\\) has no layer 'conv9'")
+    message = _fit_fails_before_training(
+        callback, teacher_checkpoint, digits, "the teacher \\(CNN2d\\) has no layer 'conv9'"
+    )
     assert "close names: conv2, conv1" in message
     assert "method_args: {grad_cam: {layer: <name>}} (or teacher_layer: <name> for the teacher alone)" in message
 
 
 def test_grad_cam_layer_missing_in_the_student_only(digits, teacher_checkpoint):
-    callback = small_callback(methods=["grad_cam"], every_n_epochs=2,
-                              method_args={"grad_cam": {"teacher_layer": "conv2", "student_layer": "features"}})
-    message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "the student \\(CNN2d\\) has no layer 'features'")
-    assert "its conv layers: conv1.0, conv2.0" in message and "method_args: {grad_cam: {student_layer: <name>}}" in message
+    callback = small_callback(
+        methods=["grad_cam"],
+        every_n_epochs=2,
+        method_args={"grad_cam": {"teacher_layer": "conv2", "student_layer": "features"}},
+    )
+    message = _fit_fails_before_training(
+        callback, teacher_checkpoint, digits, "the student \\(CNN2d\\) has no layer 'features'"
+    )
+    assert (
+        "its conv layers: conv1.0, conv2.0" in message and "method_args: {grad_cam: {student_layer: <name>}}" in message
+    )
 
 
 def test_grad_cam_layer_without_spatial_output_fails_at_setup(digits, teacher_checkpoint):
-    callback = small_callback(methods=["grad_cam"], every_n_epochs=2, method_args={"grad_cam": {"student_layer": "classifier"}})
+    callback = small_callback(
+        methods=["grad_cam"], every_n_epochs=2, method_args={"grad_cam": {"student_layer": "classifier"}}
+    )
     message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "layer 'classifier' of the student")
     assert "outputs of shape [10], not maps like the inputs [1, 8, 8]" in message
     assert "method_args: {grad_cam: {student_layer: <name>}}" in message
@@ -506,7 +391,8 @@ def test_k_larger_than_the_number_of_features_fails_at_setup(digits, teacher_che
     message = _fit_fails_before_training(callback, teacher_checkpoint, digits, "k=65 exceeds the 64 features")
     assert "set k <= 64" in message
     tiny_trainer(callbacks=[small_callback(methods=["saliency"], k=64, log_images=False)]).validate(
-        make_module(teacher_checkpoint), datamodule=digits, verbose=False)  # k = number of features is allowed
+        make_module(teacher_checkpoint), datamodule=digits, verbose=False
+    )  # k = number of features is allowed
 
 
 class PlainData(LightningDataModule):
@@ -525,42 +411,65 @@ class PlainData(LightningDataModule):
 
 def test_k_too_large_is_refused_when_only_the_data_know_the_input_shape(digits, teacher_checkpoint):
     callback = small_callback(methods=["saliency"], k=100, every_n_epochs=2)
-    message = _fit_fails_before_training(callback, teacher_checkpoint, PlainData(digits),
-                                         re.escape("k=100 exceeds the 64 features of an input of shape [1, 8, 8]"))
+    message = _fit_fails_before_training(
+        callback,
+        teacher_checkpoint,
+        PlainData(digits),
+        re.escape("k=100 exceeds the 64 features of an input of shape [1, 8, 8]"),
+    )
     assert "set k <= 64" in message
 
 
 def test_mean_baseline_without_training_inputs_fails_at_setup(digits, teacher_checkpoint):
-    callback = small_callback(methods=["integrated_gradients"], every_n_epochs=2,
-                              method_args={"integrated_gradients": {"n_steps": 8, "baseline": "mean"}})
-    message = _fit_fails_before_training(callback, teacher_checkpoint, PlainData(digits),
-                                         "baseline 'mean' needs the training inputs, but the data \\(PlainData\\)")
+    callback = small_callback(
+        methods=["integrated_gradients"],
+        every_n_epochs=2,
+        method_args={"integrated_gradients": {"n_steps": 8, "baseline": "mean"}},
+    )
+    message = _fit_fails_before_training(
+        callback,
+        teacher_checkpoint,
+        PlainData(digits),
+        "baseline 'mean' needs the training inputs, but the data \\(PlainData\\)",
+    )
     assert "method_args: {integrated_gradients: {baseline: zeros}}" in message
 
 
-def test_too_many_probes_fail_when_fit_starts_without_background_methods(digits, teacher_checkpoint):
-    callback = small_callback(methods=["gradient_shap"], num_probes=10_000, every_n_epochs=2)
-    _fit_fails_before_training(callback, teacher_checkpoint, digits, "num_probes=10000 is larger than the validation set")
-
-
 def test_settings_that_need_no_model_fail_on_construction():
-    with pytest.raises(ValueError, match="method_args for integrated_gradients: AttributionConfig.n_steps must be an integer >= 1, got 0"):
+    with pytest.raises(
+        ValueError,
+        match="method_args for integrated_gradients: AttributionConfig.n_steps must be an integer >= 1, got 0",
+    ):
         ExplanationAgreement(methods=["integrated_gradients"], method_args={"integrated_gradients": {"n_steps": 0}})
     with pytest.raises(ValueError, match="noise_tunnel is not supported for kernel_shap"):
         ExplanationAgreement(methods=["kernel_shap"], method_args={"kernel_shap": {"noise_tunnel": "smoothgrad"}})
     with pytest.raises(ValueError, match="only grad_cam explains a layer; remove it"):
         ExplanationAgreement(methods=["saliency"], method_args={"saliency": {"layer": "conv2"}})
-    with pytest.raises(ValueError, match="unknown option\\(s\\) \\['steps'\\] for grad_cam in method_args; valid: .*student_layer, teacher_layer"):
+    with pytest.raises(
+        ValueError,
+        match="unknown option\\(s\\) \\['steps'\\] for grad_cam in method_args; valid: .*student_layer, teacher_layer",
+    ):
         ExplanationAgreement(methods=["grad_cam"], method_args={"grad_cam": {"steps": 3}})
     with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
         ExplanationAgreement(k=0)
 
 
-@pytest.mark.parametrize("shape, patch_size, match", [
-    ((3, 32, 32), None, "its 1024 positions are more than the 256 features allowed without patches; "
-                        "set method_args: {kernel_shap: {patch_size: 2}}"),
-    ((3, 8, 8), 9, "patch_size=9 is larger than the input's 8x8 positions; set method_args: {kernel_shap: {patch_size: 1}}"),
-])
+@pytest.mark.parametrize(
+    "shape, patch_size, match",
+    [
+        (
+            (3, 32, 32),
+            None,
+            "its 1024 positions are more than the 256 features allowed without patches; "
+            "set method_args: {kernel_shap: {patch_size: 2}}",
+        ),
+        (
+            (3, 8, 8),
+            9,
+            "patch_size=9 is larger than the input's 8x8 positions; set method_args: {kernel_shap: {patch_size: 1}}",
+        ),
+    ],
+)
 def test_perturbation_patches_that_do_not_fit_the_inputs(teacher_checkpoint, shape, patch_size, match):
     from types import SimpleNamespace
 
@@ -572,8 +481,12 @@ def test_perturbation_patches_that_do_not_fit_the_inputs(teacher_checkpoint, sha
 def test_grad_cam_needs_spatial_inputs(teacher_checkpoint):
     from types import SimpleNamespace
 
-    with pytest.raises(ValueError, match=re.escape("grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are [30]")):
-        small_callback(methods=["grad_cam"]).check_settings(SimpleNamespace(datamodule=None), make_module(teacher_checkpoint), (30,))
+    with pytest.raises(
+        ValueError, match=re.escape("grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are [30]")
+    ):
+        small_callback(methods=["grad_cam"]).check_settings(
+            SimpleNamespace(datamodule=None), make_module(teacher_checkpoint), (30,)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,23 +494,70 @@ def test_grad_cam_needs_spatial_inputs(teacher_checkpoint):
 
 
 def test_last_epoch_is_explained_when_every_n_epochs_exceeds_max_epochs(digits, teacher_checkpoint, tmp_path):
-    callback = small_callback(methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False)
-    trainer = tiny_trainer(max_epochs=2, limit_train_batches=2, callbacks=[callback], logger=CSVLogger(tmp_path, name="run"))
+    callback = small_callback(
+        methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False
+    )
+    trainer = tiny_trainer(
+        max_epochs=2, limit_train_batches=2, callbacks=[callback], logger=CSVLogger(tmp_path, name="run")
+    )
     trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
     rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
     key = "val/explain/saliency/rank_correlation"
     logged = rows.dropna(subset=[key])
     assert list(logged["epoch"]) == [1] and callback.last_epoch == 1
-    assert "val/acc" in rows.dropna(subset=["val/acc"]).set_index("epoch").loc[1]  # logged beside that epoch's validation
+    assert (
+        "val/acc" in rows.dropna(subset=["val/acc"]).set_index("epoch").loc[1]
+    )  # logged beside that epoch's validation
 
 
 def test_fit_stopped_early_explains_its_final_weights(digits, teacher_checkpoint, tmp_path):
     """max_steps ends fit inside epoch 1, before its validation: explained at the end of training."""
-    callback = small_callback(methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False)
-    trainer = tiny_trainer(max_epochs=3, max_steps=3, limit_train_batches=2, callbacks=[callback],
-                           logger=CSVLogger(tmp_path, name="run"))
+    callback = small_callback(
+        methods=["saliency"], every_n_epochs=10, log_images=False, faithfulness=False, surrogate=False
+    )
+    trainer = tiny_trainer(
+        max_epochs=3, max_steps=3, limit_train_batches=2, callbacks=[callback], logger=CSVLogger(tmp_path, name="run")
+    )
     trainer.fit(make_module(teacher_checkpoint), datamodule=digits)
     rows = pd.read_csv(next((tmp_path / "run").rglob("metrics.csv")))
     logged = rows.dropna(subset=["val/explain/saliency/cosine"])
     assert list(logged["epoch"]) == [1] and list(logged["step"]) == [3]
     assert callback.last_epoch == 1 and "val/explain/saliency/cosine" in trainer.callback_metrics
+
+
+# --------------------------------------------------------------------------------------------
+# names and imports
+
+
+def test_the_old_cache_option_name_is_refused_naming_the_new_one(capsys, tmp_path):
+    """teacher_cache_dir was renamed explanation_cache_dir (DistillationModule's teacher_cache
+    holds logits); teacher_in_background was removed."""
+    from kdlight.cli import main
+
+    from conftest import REPO
+
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kdlight.explain.ExplanationAgreement\n"
+        "      init_args: {methods: [saliency], teacher_cache_dir: auto}\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(REPO / "configs/digits/scratch.yaml"), "-c", str(config), "--trainer.fast_dev_run=true"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "takes no argument 'teacher_cache_dir'; did you mean 'explanation_cache_dir'?" in line
+    with pytest.raises(TypeError, match="teacher_in_background"):
+        ExplanationAgreement(teacher_in_background=False)
+
+
+def test_explain_package_imports_the_callback_on_first_use():
+    import kdlight.explain as explain
+    from kdlight.explain import callback
+
+    assert explain.ExplanationAgreement is callback.ExplanationAgreement
+    assert all(getattr(explain, name) is not None for name in explain.__all__)
+    code = (
+        "import sys, kdlight.explain, kdlight.explain.methods; kdlight.explain.attribute; "
+        "print(sorted(n for n in ('lightning', 'pandas', 'kdlight.explain.callback') if n in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # attribution stays light: no Lightning, pandas or callback

@@ -1,4 +1,5 @@
 """Deletion / insertion AUC and infidelity on models whose answer is known."""
+
 from __future__ import annotations
 
 import pytest
@@ -120,7 +121,7 @@ def test_images_and_signals_move_whole_positions():
     model = _Evidence(w)
     x = torch.rand(4, 2, 3, 3) + 0.5
     truth = torch.zeros_like(x)
-    truth[:, 1] = (w[0] * x[:, 0])
+    truth[:, 1] = w[0] * x[:, 0]
     d, i = deletion_insertion_auc(model, x, truth, 1, steps=9)
     d_rev, i_rev = deletion_insertion_auc(model, x, -truth, 1, steps=9)
     assert d.shape == (4,) and (d < d_rev).all() and (i > i_rev).all()
@@ -187,3 +188,20 @@ def test_input_validation():
         deletion_insertion_auc(model, x, x, t[:3])
     with pytest.raises(ValueError, match="baseline"):
         infidelity_score(model, x, x, t, baseline=torch.zeros(8, 6))
+
+
+def test_the_modality_says_what_moves_together():
+    """With ``Image()`` whole pixels move (all channels); a wrong modality is refused in one line."""
+    from kdlight.core.modality import Image, Tabular
+
+    w = torch.zeros(2, 2, 2)
+    w[0] = torch.tensor([[0.1, 0.2], [0.3, 0.4]])
+    model = _Evidence(w)
+    x = torch.rand(3, 2, 2, 2) + 0.5
+    truth = torch.zeros_like(x)
+    truth[:, 1] = w[0] * x[:, 0]  # evidence on the other channel of the same pixels
+    guessed = deletion_insertion_auc(model, x, truth, 1, steps=4)
+    explicit = deletion_insertion_auc(model, x, truth, 1, steps=4, modality=Image())
+    assert all(torch.equal(a, b) for a, b in zip(guessed, explicit))
+    with pytest.raises(ValueError, match=r"tabular inputs must be \[N, F\]"):
+        deletion_insertion_auc(model, x, truth, 1, modality=Tabular())

@@ -1,4 +1,6 @@
-"""Tests for kdlight.explain.methods: the name -> Captum mapping and the training-time maps."""
+"""Tests for kdlight.explain.attribution: attribute() over every method, contexts, baselines and the
+training-time maps (method-specific files live in tests/explain/attribution/)."""
+
 from __future__ import annotations
 
 import copy
@@ -9,14 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.explain import methods as M
-from kdlight.explain.methods import (
+from kdlight.core.modality import Image, Signal
+from kdlight.explain import attribution as A
+from kdlight.explain.attribution import (
     METHODS,
+    TRAINING_MAP_KINDS,
     AttributionConfig,
     attribute,
-    attribute_pair,
-    feature_mask_for,
     input_gradient_map,
+    is_pure,
     make_baselines,
     method_names,
 )
@@ -66,7 +69,7 @@ def _setup(kind: str, seed: int = 0):
 def _fast_config(method: str, kind: str, **overrides) -> AttributionConfig:
     """Small settings so the whole file stays fast."""
     kw = dict(method=method, n_steps=8, n_samples=4, n_baselines=4, nt_samples=2)
-    if method in ("kernel_shap", "shapley_value_sampling"):
+    if METHODS[method].perturbation:
         kw["patch_size"] = {"image": 2, "signal": 4, "tabular": None}[kind]
         if kind == "tabular":
             kw["n_samples"] = 2
@@ -75,7 +78,7 @@ def _fast_config(method: str, kind: str, **overrides) -> AttributionConfig:
 
 
 def _supported(method: str, kind: str) -> bool:
-    return not (method == "grad_cam" and kind == "tabular")
+    return METHODS[method].modalities is None or kind in METHODS[method].modalities
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,15 +88,24 @@ def _supported(method: str, kind: str) -> bool:
 def test_method_names_and_all():
     assert method_names() == list(METHODS)
     assert set(METHODS) == {
-        "integrated_gradients", "gradient_shap", "deeplift_shap", "kernel_shap",
-        "shapley_value_sampling", "saliency", "input_x_gradient", "grad_cam",
+        "integrated_gradients",
+        "gradient_shap",
+        "deeplift_shap",
+        "kernel_shap",
+        "shapley_value_sampling",
+        "saliency",
+        "input_x_gradient",
+        "grad_cam",
+        "lime",
+        "occlusion",
+        "lrp",
     }
-    for name in M.__all__:
-        assert hasattr(M, name)
+    for name in A.__all__:
+        assert hasattr(A, name)
 
 
 def test_unknown_method_lists_names():
-    with pytest.raises(ValueError, match="integrated_gradients.*grad_cam") as info:
+    with pytest.raises(ValueError, match="saliency.*grad_cam.*integrated_gradients") as info:
         AttributionConfig("lime_but_wrong")
     assert "\n" not in str(info.value)
     assert "lime_but_wrong" in str(info.value)
@@ -137,7 +149,7 @@ def test_every_method_every_kind(method, kind):
     model, x, target, train = _setup(kind)
     config = _fast_config(method, kind)
     if not _supported(method, kind):
-        with pytest.raises(ValueError, match="spatial"):
+        with pytest.raises(ValueError, match=f"{method} supports image, signal inputs, not tabular"):
             attribute(model, x, target, config)
         return
     out = attribute(model, x, target, config, train_inputs=train)
@@ -220,40 +232,76 @@ def test_saliency_and_input_x_gradient_match_autograd(kind):
     torch.testing.assert_close(ixg, x * grad)
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "input_x_gradient", "gradient_shap", "deeplift_shap"])
-def test_one_backward_seed_gives_captum_s_own_gradients(method, monkeypatch):
-    """The one-call gradient function that replaces Captum's per-scalar one changes no value."""
+def _captum_reference(method, model, x, target, config, baselines):
+    """The method computed by Captum itself, with the RNG seeded as the config says."""
+    from captum.attr import DeepLift, GradientShap, InputXGradient, IntegratedGradients, Saliency
+
+    inputs = x.clone().requires_grad_(True)
+    torch.manual_seed(config.seed)
+    if method == "integrated_gradients":
+        return IntegratedGradients(model).attribute(inputs, baselines=baselines, target=target, n_steps=config.n_steps)
+    if method == "gradient_shap":
+        return GradientShap(model).attribute(
+            inputs, baselines=baselines, target=target, n_samples=config.n_samples, stdevs=config.stdevs
+        )
+    if method == "deeplift_shap":
+        return DeepLift(model).attribute(inputs, baselines=baselines, target=target)
+    return {
+        "saliency": lambda: Saliency(model).attribute(inputs, target=target, abs=False),
+        "input_x_gradient": lambda: InputXGradient(model).attribute(inputs, target=target),
+    }[method]()
+
+
+@pytest.mark.parametrize(
+    "method", ["integrated_gradients", "saliency", "input_x_gradient", "gradient_shap", "deeplift_shap"]
+)
+def test_gradient_methods_give_captum_s_own_values(method):
+    """kdlight's one-seed gradients and contexts change no value: Captum called directly agrees."""
     model, x, target, train = _setup("image")
-    config = _fast_config(method, "image")
-    used = []
-    real = M._summed_gradients
-    monkeypatch.setattr(M, "_summed_gradients", lambda *a, **k: used.append(1) or real(*a, **k))
+    config = _fast_config(method, "image", baseline="mean" if method != "gradient_shap" else "sample")
+    if method in ("saliency", "input_x_gradient"):
+        config = _fast_config(method, "image")
     ours = attribute(model, x, target, config, train_inputs=train)
-    assert used, "the one-seed gradient function was not used"
-    monkeypatch.setattr(M, "_use_one_backward_seed", lambda explainer: None)  # Captum's compute_gradients
-    captum = attribute(model, x, target, config, train_inputs=train)
-    torch.testing.assert_close(ours, captum, rtol=1e-5, atol=1e-6)
+    baselines = make_baselines(A.baseline_kind(config, True) or "zeros", x, train, config.n_baselines, config.seed)
+    model.eval()
+    torch.testing.assert_close(
+        ours, _captum_reference(method, model, x, target, config, baselines).detach(), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
     "method, noise_tunnel, pure",
-    [("integrated_gradients", None, True), ("saliency", None, True), ("input_x_gradient", None, True),
-     ("saliency", "smoothgrad", False), ("gradient_shap", None, False), ("deeplift_shap", None, False),
-     ("grad_cam", None, False), ("kernel_shap", None, False)],
+    [
+        ("integrated_gradients", None, True),
+        ("saliency", None, True),
+        ("input_x_gradient", None, True),
+        ("occlusion", None, True),
+        ("saliency", "smoothgrad", False),
+        ("gradient_shap", None, False),
+        ("deeplift_shap", None, False),
+        ("grad_cam", None, False),
+        ("kernel_shap", None, False),
+        ("lime", None, False),
+        ("lrp", None, False),
+    ],
 )
 def test_is_pure_marks_methods_without_random_draws_or_hooks(method, noise_tunnel, pure):
-    assert M.is_pure(AttributionConfig(method=method, noise_tunnel=noise_tunnel)) is pure
+    assert is_pure(AttributionConfig(method=method, noise_tunnel=noise_tunnel)) is pure
+    assert METHODS[method].pure is (not METHODS[method].random and not METHODS[method].hooks)
 
 
-def test_pure_methods_touch_no_global_rng(monkeypatch):
-    """Pure calls never seed or read the global RNGs (they may run beside training)."""
+def test_pure_methods_touch_no_global_rng():
+    """Pure calls neither read nor re-seed the global RNGs (they may run beside training)."""
     model, x, target, _ = _setup("image")
-    monkeypatch.setattr(M, "_seeded", lambda *a: pytest.fail("a pure method entered _seeded"))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     before = _rng_snapshot()
-    for method in ("integrated_gradients", "saliency", "input_x_gradient"):
+    for method in [name for name, m in METHODS.items() if m.pure]:
         attribute(model, x, target, _fast_config(method, "image"))
     after = _rng_snapshot()
     assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1]) and before[2] == after[2]
+    assert torch.equal(torch.rand(3), expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,9 +312,7 @@ def _rng_snapshot():
     return torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate()
 
 
-@pytest.mark.parametrize(
-    "method", ["gradient_shap", "kernel_shap", "shapley_value_sampling", "deeplift_shap"]
-)
+@pytest.mark.parametrize("method", ["gradient_shap", "kernel_shap", "shapley_value_sampling", "deeplift_shap"])
 def test_seeded_and_global_rng_untouched(method):
     model, x, target, train = _setup("signal")
     config = _fast_config(method, "signal")
@@ -291,26 +337,31 @@ def test_noise_tunnel_leaves_global_rng():
     assert torch.equal(before[0], after[0]) and np.array_equal(before[1], after[1])
 
 
-def test_attribute_pair_same_randomness():
+def test_same_config_same_randomness_for_teacher_and_student():
     teacher, x, target, train = _setup("image")
     student = copy.deepcopy(teacher)
     config = _fast_config("gradient_shap", "image")
-    t, s = attribute_pair(teacher, student, x, target, config, train_inputs=train)
-    assert torch.equal(t, s)
-    other = _cnn()
-    t2, s2 = attribute_pair(teacher, other, x, target, config, train_inputs=train)
-    assert torch.equal(t, t2) and s2.shape == x.shape and not torch.equal(t2, s2)
+    t = attribute(teacher, x, target, config, train_inputs=train)
+    assert torch.equal(t, attribute(student, x, target, config, train_inputs=train))
+    other = attribute(_cnn(), x, target, config, train_inputs=train)
+    assert other.shape == x.shape and not torch.equal(t, other)
 
 
 def test_auto_baseline_is_sample_for_shap_with_train_inputs():
     model, x, target, train = _setup("tabular")
     auto = attribute(model, x, target, _fast_config("gradient_shap", "tabular"), train_inputs=train)
     sample = attribute(
-        model, x, target, _fast_config("gradient_shap", "tabular", baseline="sample"),
+        model,
+        x,
+        target,
+        _fast_config("gradient_shap", "tabular", baseline="sample"),
         train_inputs=train,
     )
     zeros = attribute(
-        model, x, target, _fast_config("gradient_shap", "tabular", baseline="zeros"),
+        model,
+        x,
+        target,
+        _fast_config("gradient_shap", "tabular", baseline="zeros"),
         train_inputs=train,
     )
     assert torch.equal(auto, sample)
@@ -352,27 +403,7 @@ def test_mean_baseline_without_train_inputs_errors():
         make_baselines("sample", x, None, 4, 0)
 
 
-def test_feature_mask_for():
-    tab = feature_mask_for(torch.randn(2, 5))
-    assert tab.tolist() == [[0, 1, 2, 3, 4]]
-    sig = feature_mask_for(torch.randn(2, 3, 10), patch_size=4)
-    assert sig.shape == (1, 1, 10) and sig.flatten().tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
-    img = feature_mask_for(torch.randn(2, 3, 4, 6), patch_size=2)
-    assert img.shape == (1, 1, 4, 6)
-    assert img[0, 0].tolist() == [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2],
-                                  [3, 3, 4, 4, 5, 5], [3, 3, 4, 4, 5, 5]]
-    small = feature_mask_for(torch.randn(1, 1, 8, 8))
-    assert small.unique().numel() == 64
-    assert feature_mask_for(torch.randn(1, 1, 28, 28), patch_size=7).unique().numel() == 16
-    uneven = feature_mask_for(torch.randn(1, 1, 5, 5), patch_size=2)
-    assert uneven.unique().numel() == 9
-    with pytest.raises(ValueError, match="exceeds"):
-        feature_mask_for(torch.randn(1, 1, 5, 5), patch_size=6)
-    with pytest.raises(ValueError, match="patch_size"):
-        feature_mask_for(torch.randn(1, 1, 300))
-
-
-@pytest.mark.parametrize("method", ["kernel_shap", "shapley_value_sampling"])
+@pytest.mark.parametrize("method", [name for name, m in METHODS.items() if m.perturbation])
 def test_perturbation_on_large_image_needs_patch_size(method):
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
     x = torch.randn(2, 1, 28, 28)
@@ -392,7 +423,7 @@ def _multichannel(kind: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["image", "signal"])
-@pytest.mark.parametrize("method", ["kernel_shap", "shapley_value_sampling"])
+@pytest.mark.parametrize("method", [name for name, m in METHODS.items() if m.perturbation])
 def test_perturbation_methods_on_several_channels(method, kind):
     """A mask shared across channels: every element of a patch (all channels) gets one value."""
     model, x = _multichannel(kind)
@@ -400,7 +431,8 @@ def test_perturbation_methods_on_several_channels(method, kind):
     config = AttributionConfig(method, patch_size=2, n_samples=3, baseline="zeros")
     maps = attribute(model, x, target, config)
     assert maps.shape == x.shape and maps.dtype == torch.float32 and torch.isfinite(maps).all()
-    mask = feature_mask_for(x, 2).expand(1, *x.shape[1:]).flatten()
+    modality = Image() if kind == "image" else Signal()
+    mask = modality.feature_mask(x, 2).expand(1, *x.shape[1:]).flatten()
     flat = maps.flatten(1)
     for group in mask.unique():
         values = flat[:, mask == group]
@@ -470,6 +502,7 @@ def test_model_state_untouched(method):
         else:
             assert torch.equal(p.grad, grads[n]), n
     assert not model._forward_hooks and not model[0]._forward_hooks
+    assert all("rule" not in m.__dict__ and "activations" not in m.__dict__ for m in model.modules())  # LRP's
 
 
 def test_eval_mode_used_for_computation():
@@ -511,7 +544,7 @@ def test_grad_cam_layer_default_and_broadcast():
 # training-time maps
 
 
-@pytest.mark.parametrize("kind", M.TRAINING_MAP_KINDS)
+@pytest.mark.parametrize("kind", TRAINING_MAP_KINDS)
 @pytest.mark.parametrize("data", ["image", "signal", "tabular"])
 def test_input_gradient_map_trains_parameters(kind, data):
     model, x, target, _ = _setup(data)
@@ -565,13 +598,15 @@ def test_input_gradient_map_unknown_kind():
 
 def test_deeplift_through_maxpool_under_deterministic_mode_does_not_fail():
     """Trainer(deterministic=True) turns on strict deterministic algorithms process-wide."""
-    from kdlight.explain.methods import AttributionConfig, attribute
-
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
     torch.use_deterministic_algorithms(True)
     try:
-        out = attribute(model, torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), AttributionConfig("deeplift_shap"))
-        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        out = attribute(
+            model, torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), AttributionConfig("deeplift_shap")
+        )
+        assert (
+            torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     assert out.shape == (4, 1, 8, 8)

@@ -10,31 +10,30 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics import MetricCollection
 
+from kdlight.explain import metrics as M
 from kdlight.explain.metrics import (
-    AGREEMENT_FUNCTIONS,
-    ATTRIBUTION_METRICS,
-    FIDELITY_METRICS,
-    TOPK_FUNCTIONS,
+    COMPARES,
     AgreementCollection,
     AgreementMean,
+    MetricSpec,
     PerClassAgreement,
-    agreement_metrics,
-    agreement_names,
-    get_agreement_function,
+    metric_names,
+    metric_spec,
+    register_metric,
 )
 from kdlight.functional import agreement as A
 
 K = 5
-ALL_NAMES = list(ATTRIBUTION_METRICS) + list(FIDELITY_METRICS)
+MAP_NAMES = metric_names("maps")
+LOGIT_NAMES = metric_names("logits")
 
 
 def _kwargs(name: str) -> dict:
-    return {"k": K} if name in TOPK_FUNCTIONS else {}
+    return {"k": K} if metric_spec(name).uses_k else {}
 
 
 def _per_sample(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    fn = AGREEMENT_FUNCTIONS[name]
-    return fn(a, b, K) if name in TOPK_FUNCTIONS else fn(a, b)
+    return metric_spec(name).score(a, b, **_kwargs(name))
 
 
 def _data(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -55,39 +54,143 @@ def _with_nans(a: torch.Tensor, b: torch.Tensor, rows=(1, 2, 7, 30)) -> tuple[to
 
 
 # ------------------------------------------------------------------------------------------
-# names and construction
+# the registry
 # ------------------------------------------------------------------------------------------
-def test_names():
-    assert agreement_names() == list(AGREEMENT_FUNCTIONS)
-    assert set(ATTRIBUTION_METRICS) == {
-        "cosine",
-        "rank_correlation",
-        "pearson",
-        "feature_agreement",
-        "rank_agreement",
-        "sign_agreement",
-        "signed_rank_agreement",
-        "pairwise_rank_agreement",
-    }
-    assert set(agreement_names()) == set(ATTRIBUTION_METRICS) | set(FIDELITY_METRICS)
-    assert get_agreement_function("cosine") is A.cosine_agreement
+#: name: (compares, higher_is_better, uses_k, has_chance) -- what the callback's logs rely on
+BUILT_IN = {
+    "cosine": ("maps", True, False, True),
+    "rank_correlation": ("maps", True, False, True),
+    "pearson": ("maps", True, False, False),
+    "feature_agreement": ("maps", True, True, True),
+    "rank_agreement": ("maps", True, True, False),
+    "sign_agreement": ("maps", True, True, False),
+    "signed_rank_agreement": ("maps", True, True, False),
+    "pairwise_rank_agreement": ("maps", True, False, False),
+    "top1_agreement": ("logits", True, False, False),
+    "predictive_kl": ("logits", False, False, False),
+    "localisation_mass": ("mask", True, False, False),
+    "localisation_topk": ("mask", True, True, False),
+    "sensitivity_max": ("explainer", False, False, False),
+    "self_agreement": ("explainer", True, False, False),
+}
 
 
-def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError) as err:
-        AgreementMean("cosin")
-    for name in agreement_names():
-        assert name in str(err.value)
-    with pytest.raises(ValueError, match="rank_correlation"):
-        get_agreement_function("nope")
-    with pytest.raises(ValueError, match="pearson"):
-        PerClassAgreement("nope", num_classes=3)
+def test_every_built_in_metric_is_declared_once_with_its_metadata():
+    assert set(metric_names()) == set(BUILT_IN)  # the metrics declared in other files are found too
+    for name, (compares, higher, uses_k, chance) in BUILT_IN.items():
+        spec = metric_spec(name)
+        assert (spec.name, spec.compares, spec.higher_is_better, spec.uses_k, spec.has_chance) == (
+            name, compares, higher, uses_k, chance
+        )
+        assert AgreementMean(name, k=K if uses_k else None).higher_is_better is higher
+    assert metric_names("maps")[:8] == [n for n, meta in BUILT_IN.items() if meta[0] == "maps"]
+    assert metric_names("maps", has_chance=True) == ["cosine", "rank_correlation", "feature_agreement"]
+    assert set(metric_names()) == {n for kind in COMPARES for n in metric_names(kind)}
+
+
+def test_unknown_names_are_one_line_listing_the_valid_ones():
+    for make in (lambda: AgreementMean("cosin"), lambda: PerClassAgreement("nope", num_classes=3),
+                 lambda: AgreementCollection(K, names=["cosine", "nope"]), lambda: metric_spec(3)):
+        with pytest.raises(ValueError) as err:
+            make()
+        message = str(err.value)
+        assert "\n" not in message and all(name in message for name in metric_names()), message
+    with pytest.raises(ValueError, match=r"cannot import no_such_pkg.*valid names: cosine"):
+        metric_spec("no_such_pkg.MY_METRIC")
+    with pytest.raises(ValueError, match=r"has no attribute 'MISSING'"):
+        metric_spec("kdlight.functional.agreement.MISSING")
+    with pytest.raises(ValueError, match=r"is a function, not a metric: declare it as MetricSpec"):
+        metric_spec("kdlight.functional.agreement.cosine_agreement")
+    with pytest.raises(ValueError, match=r"compares"):
+        metric_names("pixels")
+
+
+def test_a_spec_is_checked_when_declared():
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        MetricSpec("my.metric", A.cosine_agreement)
+    with pytest.raises(ValueError, match="unknown compares='pixels'; valid: maps, logits, mask, explainer"):
+        MetricSpec("mine", A.cosine_agreement, compares="pixels")
+    with pytest.raises(TypeError, match="fn must be callable"):
+        MetricSpec("mine", 3)
+
+
+def test_a_name_is_registered_once():
+    with pytest.raises(ValueError, match="'cosine' is already registered"):
+        register_metric(MetricSpec("cosine", A.pearson_agreement))
+    assert metric_spec("cosine").fn is A.cosine_agreement
+    register_metric(metric_spec("cosine"))  # the same declaration again (a re-imported module) is fine
+
+
+def _l1_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().flatten(1).sum(1)
+
+
+def test_a_registered_metric_is_logged_by_default(monkeypatch):
+    metric_names()  # the built-in files are found first, so the copy below holds them
+    monkeypatch.setattr(M, "METRICS", dict(M.METRICS))
+    spec = register_metric(MetricSpec("l1_distance", _l1_distance, higher_is_better=False))
+    assert metric_names("maps")[-1] == "l1_distance"
+    a, b, _ = _data(12)
+    out = AgreementCollection(K).forward(a, b)
+    assert set(out) == set(MAP_NAMES) | {"l1_distance"}
+    assert out["l1_distance"].item() == pytest.approx(_l1_distance(a, b).mean().item(), rel=1e-6)
+    assert spec.name not in metric_names("logits")
+
+
+USER_MODULE = """
+import torch
+from kdlight.explain.metrics import MetricSpec
+
+def max_gap(a, b):
+    return (a - b).abs().flatten(1).amax(1)
+
+MAX_GAP = MetricSpec("max_gap", max_gap, higher_is_better=False)
+
+class TopGap:  # a class with the same attributes works too
+    name = "top_gap"
+    fn = staticmethod(lambda a, b, k: (a - b).abs().flatten(1).topk(k, dim=1).values.mean(1))
+    higher_is_better = False
+    uses_k = True
+"""
+
+
+def test_metrics_outside_kdlight_are_named_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "user_metrics_mod.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a, b, target = _data(10)
+    coll = AgreementCollection(3, names=["cosine", "user_metrics_mod.MAX_GAP", "user_metrics_mod.TopGap"])
+    assert sorted(coll.keys()) == ["cosine", "max_gap", "top_gap"]
+    out = coll.forward(a, b)
+    gap = (a - b).abs().flatten(1)
+    assert out["max_gap"].item() == pytest.approx(gap.amax(1).mean().item(), rel=1e-6)
+    assert out["top_gap"].item() == pytest.approx(gap.topk(3, dim=1).values.mean().item(), rel=1e-6)
+    assert coll["top_gap"].higher_is_better is False
+    assert PerClassAgreement("user_metrics_mod.MAX_GAP", num_classes=4).forward(a, b, target)["overall"] > 0
+    assert "max_gap" not in metric_names()  # naming a metric by its path does not register it
+
+
+def test_collections_hold_unique_names_of_one_kind():
+    with pytest.raises(ValueError, match="same inputs, got logits, maps"):
+        AgreementCollection(K, names=["cosine", "predictive_kl"])
+    with pytest.raises(ValueError, match=r"\['cosine'\] given twice"):
+        AgreementCollection(K, names=["cosine", "cosine"])
+
+
+def test_options_are_the_keyword_only_parameters_of_the_function():
+    assert metric_spec("self_agreement").option_names == ("noise_scale", "n_samples", "seed", "agreement", "k")
+    message = r"unknown option\(s\) \['noise'\] for metric 'sensitivity_max'; valid options: noise_scale"
+    with pytest.raises(ValueError, match=message):
+        AgreementMean("sensitivity_max", options={"noise": 0.1})
+    with pytest.raises(ValueError, match="valid options: none"):
+        AgreementMean("cosine", options={"seed": 0})
+    with pytest.raises(ValueError, match="compares an explainer"):
+        PerClassAgreement("sensitivity_max", num_classes=2)
 
 
 def test_k_required_only_for_topk():
     with pytest.raises(ValueError, match="k"):
         AgreementMean("feature_agreement")
-    with pytest.raises(ValueError, match="does not take k"):
+    with pytest.raises(ValueError, match="does not take k .*feature_agreement"):
         AgreementMean("cosine", k=3)
     with pytest.raises(ValueError, match="k"):
         AgreementMean("rank_agreement", k=0)
@@ -109,10 +212,10 @@ def test_k_larger_than_the_number_of_features_is_refused_not_clamped():
 # ------------------------------------------------------------------------------------------
 # accumulation
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", MAP_NAMES + LOGIT_NAMES)
 def test_mean_over_updates_equals_mean_over_concatenated_data(name):
     a, b, _ = _data(40)
-    if name in FIDELITY_METRICS:
+    if name in LOGIT_NAMES:
         a, b = a.reshape(40, -1), b.reshape(40, -1)  # treat as logits [N, C]
     metric = AgreementMean(name, **_kwargs(name))
     for lo, hi in [(0, 3), (3, 17), (17, 18), (18, 40)]:  # uneven batches
@@ -126,12 +229,7 @@ def test_mean_over_updates_equals_mean_over_concatenated_data(name):
         assert torch.isnan(metric.compute())
 
 
-def test_higher_is_better():
-    assert AgreementMean("cosine").higher_is_better is True
-    assert AgreementMean("predictive_kl").higher_is_better is False
-
-
-@pytest.mark.parametrize("name", list(ATTRIBUTION_METRICS))
+@pytest.mark.parametrize("name", MAP_NAMES)
 def test_non_finite_samples_are_skipped_and_counted(name):
     a, b, _ = _data(40)
     a2, b2 = _with_nans(a, b)
@@ -163,15 +261,15 @@ def test_half_precision_updates():
 
 def test_collection_keys_and_values():
     a, b, _ = _data(30)
-    coll = agreement_metrics(K)
-    assert isinstance(coll, MetricCollection) and isinstance(coll, AgreementCollection)
-    assert sorted(coll.keys()) == sorted(ATTRIBUTION_METRICS)  # MetricCollection sorts its keys
+    coll = AgreementCollection(K)
+    assert isinstance(coll, MetricCollection)
+    assert sorted(coll.keys()) == sorted(MAP_NAMES)  # MetricCollection sorts its keys
     coll.update(a[:10], b[:10])
     coll.update(a[10:], b[10:])
     out = coll.compute()
-    for name in ATTRIBUTION_METRICS:
+    for name in MAP_NAMES:
         assert out[name].item() == pytest.approx(_per_sample(name, a, b).double().mean().item(), abs=1e-6)
-    pre = agreement_metrics(3, names=["cosine", "feature_agreement"], prefix="val/")
+    pre = AgreementCollection(3, names=["cosine", "feature_agreement"], prefix="val/")
     assert sorted(pre.keys(keep_base=False)) == ["val/cosine", "val/feature_agreement"]
 
 
@@ -179,7 +277,7 @@ def test_collection_does_not_merge_metrics_with_equal_first_states():
     # batch 1: all signs equal -> feature_agreement == sign_agreement (torchmetrics compute groups
     # would merge them); batch 2: signs flipped -> they differ
     a, b, _ = _data(20)
-    coll = agreement_metrics(K, names=["feature_agreement", "sign_agreement"])
+    coll = AgreementCollection(K, names=["feature_agreement", "sign_agreement"])
     coll.update(a[:10], a[:10] * 2)
     coll.update(a[10:], -b[10:])
     out = coll.compute()
@@ -238,7 +336,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_file: str) -> No
         a, b, target = _data(40)
         a, b = _with_nans(a, b, rows=(1, 2, 7, 12))  # all 4 bad rows on rank 0: uneven counts
         shard = slice(0, 20) if rank == 0 else slice(20, 40)
-        coll = agreement_metrics(K, names=DDP_NAMES)
+        coll = AgreementCollection(K, names=DDP_NAMES)
         per_class = PerClassAgreement("cosine", num_classes=4)
         kl = AgreementMean("predictive_kl")
         for lo in range(shard.start, shard.stop, 7):
@@ -267,7 +365,7 @@ def test_ddp_sync_equals_single_process():
     # single process over all 40 samples
     a, b, target = _data(40)
     a, b = _with_nans(a, b, rows=(1, 2, 7, 12))
-    single = agreement_metrics(K, names=DDP_NAMES)
+    single = AgreementCollection(K, names=DDP_NAMES)
     single.update(a, b)
     expected = {name: v.item() for name, v in single.compute().items()}
     per_class = PerClassAgreement("cosine", num_classes=4)

@@ -1,4 +1,5 @@
 """Decision-tree surrogate: recovers a one-feature threshold, chance on random labels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,6 @@ def test_flattens_features_and_accepts_logits():
     report = fit_surrogate(x, logits, max_depth=2, seed=int(rng.integers(10)))
     assert report.tree.n_features_in_ == 18
     assert report.train_fidelity == 1.0
-    assert set(report.as_dict()) == {"fidelity", "train_fidelity", "n_leaves", "depth", "held_out"}
 
 
 def test_few_samples_use_all_and_say_so():

@@ -23,6 +23,7 @@ from kdlight.functional.agreement import (
     sign_agreement,
     signed_rank_agreement,
     top1_agreement,
+    top_k_mask,
 )
 
 PAIR_FNS = [cosine_agreement, rank_correlation, pearson_agreement, pairwise_rank_agreement]
@@ -280,6 +281,20 @@ def test_krishna_random_against_numpy_reference(k):
 # ------------------------------------------------------------------------------------------
 # pairwise rank agreement
 # ------------------------------------------------------------------------------------------
+def test_top_k_mask_matches_a_stable_numpy_sort_with_ties():
+    g = torch.Generator().manual_seed(14)
+    a = torch.randint(-3, 4, (6, 2, 5), generator=g).float()  # many ties in |value|
+    for k in (1, 4, 10):
+        mask = top_k_mask(a, k)
+        assert mask.shape == (6, 10) and mask.dtype == torch.bool
+        for i in range(6):
+            expected = np.zeros(10, dtype=bool)
+            expected[_np_topk(a[i].reshape(-1).numpy(), k)] = True
+            assert mask[i].tolist() == expected.tolist()
+    with pytest.raises(ValueError, match="1 <= k <= F"):
+        top_k_mask(a, 11)
+
+
 def test_pairwise_hand_examples():
     # |a|=[3,1,2] vs |b|=[1,3,2]: (0,1) >,< ; (0,2) >,< ; (1,2) <,> -> 0/3
     assert pairwise_rank_agreement(_t([[3.0, -1.0, 2.0]]), _t([[1.0, 3.0, -2.0]])).item() == 0.0

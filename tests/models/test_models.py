@@ -1,4 +1,5 @@
 """Model zoo contract: every entry of MODELS is checked, so new models are tested for free."""
+
 from __future__ import annotations
 
 import inspect
@@ -8,21 +9,30 @@ import pytest
 import torch
 from torch import nn
 
-from kdlight.models import MLP, MODELS, CNN1d, CNN2d, ResNet8x4
+from kdlight.explain.attribution import AttributionConfig, attribute
+from kdlight.models import MLP, MODELS, CifarResNet, CNN1d, CNN2d, ResNet8x4, WideResNet
 
-NATURAL_INPUTS: dict[str, tuple[int, ...]] = {
-    "tabular": (30,),
-    "digits": (1, 8, 8),
-    "mnist1d": (1, 40),
-    "cifar": (3, 32, 32),
+#: one sample's shape each model family takes (a new family adds its entry here)
+NATURAL_INPUTS: dict[type[nn.Module], tuple[int, ...]] = {
+    MLP: (30,),
+    CNN2d: (1, 8, 8),
+    CNN1d: (1, 40),
+    CifarResNet: (3, 32, 32),
+    WideResNet: (3, 32, 32),
 }
 NUM_CLASSES = 7
 BATCH = 2
 
 
+def natural_input(cls: type[nn.Module]) -> tuple[int, ...]:
+    family = next((base for base in cls.__mro__ if base in NATURAL_INPUTS), None)
+    assert family is not None, f"add {cls.__name__}'s input shape to NATURAL_INPUTS"
+    return NATURAL_INPUTS[family]
+
+
 def build(cls: type[nn.Module], num_classes: int = NUM_CLASSES) -> tuple[nn.Module, torch.Tensor]:
     """Instantiate ``cls`` for its natural input and return (model, input batch)."""
-    shape = NATURAL_INPUTS[cls.input_kind]
+    shape = natural_input(cls)
     params = inspect.signature(cls).parameters
     kwargs: dict = {"num_classes": num_classes}
     if "in_features" in params:
@@ -51,23 +61,16 @@ def test_forward_backward_contract(name: str) -> None:
     model, x = build(MODELS[name])
     model.train()
     assert model.gradcam_layer is None or isinstance(model.gradcam_layer, str)
-    assert model.feature_layers
-    wanted = list(model.feature_layers) + ["embedding"]
+    wanted = ["embedding"]
     if model.gradcam_layer is not None:
         wanted.append(model.gradcam_layer)
     seen: dict[str, torch.Tensor] = {}
     handles = [
-        model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, out, n=n: seen.__setitem__(n, out)
-        )
-        for n in wanted
+        model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n, out)) for n in wanted
     ]
     calls: dict[str, int] = {}
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    handles += [
-        m.register_forward_hook(lambda *_a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
-        for n, m in leaves
-    ]
+    handles += [m.register_forward_hook(lambda *_a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in leaves]
     out = model(x)
     for h in handles:
         h.remove()
@@ -80,7 +83,7 @@ def test_forward_backward_contract(name: str) -> None:
     if hasattr(model, "embedding_dim"):
         assert emb.shape[1] == model.embedding_dim
     if model.gradcam_layer is not None:
-        assert seen[model.gradcam_layer].dim() >= 3  # a spatial map [B, C, ...]
+        assert seen[model.gradcam_layer].dim() == x.dim()  # a map [B, C, ...] like the input
 
     # ReLUs are separate, non-inplace modules, each run once; no leaf reused or dead
     relus = [n for n, m in leaves if isinstance(m, nn.ReLU)]
@@ -92,9 +95,7 @@ def test_forward_backward_contract(name: str) -> None:
 
     # gradients reach every parameter
     out.square().sum().backward()
-    missing = [
-        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
-    ]
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient for {missing}"
 
 
@@ -128,7 +129,7 @@ def test_mlp_flattens_and_dropout() -> None:
 def test_cnn_variants() -> None:
     assert CNN1d()(torch.randn(4, 40)).shape == (4, 10)  # [B, L] gets a channel dim
     m = CNN2d(in_channels=3, channels=[16, 32, 64], hidden=0)
-    assert m.gradcam_layer == "conv3" and m.feature_layers == ["conv1", "conv2", "conv3"]
+    assert m.gradcam_layer == "conv3"
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert m.embedding_dim == 64
 
@@ -140,3 +141,15 @@ def test_captum_deeplift_runs() -> None:
         model.eval()
         attr = DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=0)
         assert attr.shape == x.shape and torch.isfinite(attr).all()
+
+
+@names
+def test_grad_cam_explains_the_declared_layer_by_default(name: str) -> None:
+    """Without a configured layer, Grad-CAM uses the model's ``gradcam_layer``."""
+    model, x = build(MODELS[name])
+    if model.gradcam_layer is None:
+        return
+    target = torch.zeros(BATCH, dtype=torch.long)
+    default = attribute(model, x, target, AttributionConfig("grad_cam"))
+    declared = attribute(model, x, target, AttributionConfig("grad_cam", layer=model.gradcam_layer))
+    assert default.shape == x.shape and torch.equal(default, declared)

@@ -1,13 +1,14 @@
-"""kdlight.reporting.artifacts: images and figures reach every kind of logger."""
+"""kdlight.reporting.artifacts: images and tables reach every kind of logger."""
+
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
-from kdlight.reporting.artifacts import log_figure, log_image
-from kdlight.explain.plots import explanation_figure, figure_to_array
+from kdlight.reporting.artifacts import log_image, log_table
 
 
 def _trainer(logger) -> Trainer:
@@ -35,8 +36,8 @@ def test_tensorboard_gets_the_image_itself(tmp_path, monkeypatch):
     assert args[0] == "val/x" and args[1] is image and kwargs == {"global_step": 2, "dataformats": "HWC"}
 
 
-def test_log_figure_logs_the_rendered_figure(tmp_path):
-    rng = np.random.default_rng(1)
-    figure = explanation_figure(*(rng.normal(size=(2, 1, 30)).astype(np.float32) for _ in range(3)))
-    (path,) = log_figure(_trainer(CSVLogger(tmp_path, name="run")), "val/fig", figure, epoch=0)
-    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), figure_to_array(figure))
+def test_every_logger_gets_a_csv_file_of_the_table(tmp_path):
+    table = pd.DataFrame({"class": [0, 1], "name": ["a", "b"], "mean": [0.25, float("nan")], "count": [3, 0]})
+    (path,) = log_table(_trainer(CSVLogger(tmp_path, name="run")), "val/explain/saliency/per_class", table, epoch=4)
+    assert path.endswith("val_explain_saliency_per_class_epoch004.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)

@@ -1,4 +1,5 @@
 """FitSummary: the end-of-fit summary of the best epoch."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,11 +7,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from conftest import REPO, digits_student, digits_teacher, tiny_trainer
 from kdlight import ClassifierModule, DistillationModule
 from kdlight.analysis import load_run
 from kdlight.explain import ExplanationAgreement
 from kdlight.reporting.summary import FitSummary
+
+from conftest import REPO, digits_student, digits_teacher, tiny_trainer
 
 SMALL = dict(limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1)
 
@@ -21,12 +23,21 @@ def _adam(params):
 
 def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
     summary = FitSummary()
-    explain = ExplanationAgreement(methods=["saliency"], every_n_epochs=2, num_probes=8, faithfulness=False,
-                                   surrogate=False, log_images=False)
+    explain = ExplanationAgreement(
+        methods=["saliency"], every_n_epochs=2, num_probes=8, faithfulness=False, surrogate=False, log_images=False
+    )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/acc", mode="max")
-    trainer = tiny_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint, explain, summary],
-                           logger=CSVLogger(tmp_path, name="", version=""), **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
+    trainer = tiny_trainer(
+        max_epochs=3,
+        enable_checkpointing=True,
+        callbacks=[checkpoint, explain, summary],
+        logger=CSVLogger(tmp_path, name="", version=""),
+        **SMALL,
+    )
+    trainer.fit(
+        DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True),
+        datamodule=digits,
+    )
 
     text = capsys.readouterr().out
     numbers = summary.summary
@@ -38,7 +49,9 @@ def test_summary_of_a_distillation_run(tmp_path, digits, capsys):
     assert set(summary.explained) == {1, 2}  # every_n_epochs=2, and always the last epoch
     assert numbers["explain_epoch"] == min((1, 2), key=lambda e: (abs(e - numbers["best_epoch"]), -e))
     explained = run.epochs.set_index("epoch").loc[numbers["explain_epoch"]]
-    assert numbers["explain"]["saliency/rank_correlation"] == pytest.approx(explained["val/explain/saliency/rank_correlation"])
+    assert numbers["explain"]["saliency/rank_correlation"] == pytest.approx(
+        explained["val/explain/saliency/rank_correlation"]
+    )
     assert numbers["best_checkpoint"] == checkpoint.best_model_path
     assert numbers["run_dir"] == str(tmp_path)
     assert text == summary.text + "\n"
@@ -60,8 +73,9 @@ def test_summary_of_a_classifier_run_without_checkpoints(tmp_path, digits, capsy
 
 def test_summary_without_validation_and_quiet(tmp_path, digits, capsys):
     summary = FitSummary(monitor="val/loss", mode="min", verbose=False)
-    trainer = tiny_trainer(max_epochs=1, callbacks=[summary], default_root_dir=tmp_path, limit_train_batches=1,
-                           limit_val_batches=0)
+    trainer = tiny_trainer(
+        max_epochs=1, callbacks=[summary], default_root_dir=tmp_path, limit_train_batches=1, limit_val_batches=0
+    )
     trainer.fit(ClassifierModule(digits_teacher(), optimizer=_adam), datamodule=digits)
     assert capsys.readouterr().out == ""
     assert "best val/loss" in summary.text and "n/a" in summary.text
@@ -73,23 +87,40 @@ def test_on_by_default_through_trainer_defaults(capsys):
     """The line proposed for kdlight/cli/__init__.py: FitSummary survives a config's own callback list."""
     from kdlight.cli import KDLightCLI
 
-    KDLightCLI(args=["fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.callbacks=[]",
-                     "--trainer.logger=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                     "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-                     "--trainer.enable_model_summary=false"],
-               trainer_defaults={"callbacks": [FitSummary()]})
+    KDLightCLI(
+        args=[
+            "fit",
+            "-c",
+            str(REPO / "configs" / "digits" / "scratch.yaml"),
+            "--trainer.callbacks=[]",
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ],
+        trainer_defaults={"callbacks": [FitSummary()]},
+    )
     assert "-- kdlight fit summary" in capsys.readouterr().out
 
 
 def test_methods_near_their_chance_level_are_flagged():
     summary = {
-        "monitor": "val/acc", "mode": "max", "epochs_run": 20, "best_epoch": 8, "best_value": 0.95,
+        "monitor": "val/acc",
+        "mode": "max",
+        "epochs_run": 20,
+        "best_epoch": 8,
+        "best_value": 0.95,
         "explain_epoch": 9,
         "explain": {
-            "integrated_gradients/rank_correlation": 0.916, "integrated_gradients/chance_rank_correlation": 0.903,
-            "saliency/rank_correlation": 0.135, "saliency/chance_rank_correlation": 0.008,
+            "integrated_gradients/rank_correlation": 0.916,
+            "integrated_gradients/chance_rank_correlation": 0.903,
+            "saliency/rank_correlation": 0.135,
+            "saliency/chance_rank_correlation": 0.008,
         },
-        "best_checkpoint": None, "run_dir": None,
+        "best_checkpoint": None,
+        "run_dir": None,
     }
     lines = FitSummary(verbose=False).format(summary).splitlines()
     (ig,) = [line for line in lines if line.strip().startswith("integrated_gradients")]
@@ -99,14 +130,20 @@ def test_methods_near_their_chance_level_are_flagged():
 
 
 def _explain(**kwargs) -> ExplanationAgreement:
-    return ExplanationAgreement(methods=["saliency"], num_probes=8, faithfulness=False, surrogate=False,
-                                log_images=False, **kwargs)
+    return ExplanationAgreement(
+        methods=["saliency"], num_probes=8, faithfulness=False, surrogate=False, log_images=False, **kwargs
+    )
 
 
 def test_summary_names_the_last_epoch_when_every_n_epochs_exceeds_max_epochs(tmp_path, digits):
     summary = FitSummary(verbose=False)
-    trainer = tiny_trainer(max_epochs=2, callbacks=[_explain(every_n_epochs=10), summary], default_root_dir=tmp_path, **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
+    trainer = tiny_trainer(
+        max_epochs=2, callbacks=[_explain(every_n_epochs=10), summary], default_root_dir=tmp_path, **SMALL
+    )
+    trainer.fit(
+        DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True),
+        datamodule=digits,
+    )
     assert set(summary.explained) == {1} and summary.summary["explain_epoch"] == 1
     assert "explanations at epoch 1" in summary.text and "saliency" in summary.text
 
@@ -115,9 +152,13 @@ def test_summary_picks_up_the_explanation_of_a_fit_stopped_early(tmp_path, digit
     """max_steps ends fit inside epoch 1, after the only validation (epoch 0): the final weights
     are explained at the end of training and the summary says they come from epoch 1."""
     summary = FitSummary(verbose=False)
-    trainer = tiny_trainer(max_epochs=3, max_steps=3, callbacks=[_explain(every_n_epochs=10), summary],
-                           default_root_dir=tmp_path, **SMALL)
-    trainer.fit(DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True), datamodule=digits)
+    trainer = tiny_trainer(
+        max_epochs=3, max_steps=3, callbacks=[_explain(every_n_epochs=10), summary], default_root_dir=tmp_path, **SMALL
+    )
+    trainer.fit(
+        DistillationModule(digits_teacher(), digits_student(), optimizer=_adam, teacher_as_given=True),
+        datamodule=digits,
+    )
     numbers = summary.summary
     assert numbers["best_epoch"] == 0 and numbers["explain_epoch"] == 1
     assert "explanations at epoch 1, the nearest explained one" in summary.text
@@ -129,5 +170,7 @@ def test_summary_ignores_explanations_left_from_an_earlier_fit(tmp_path, digits)
     tiny_trainer(max_epochs=1, callbacks=[explain], default_root_dir=tmp_path, **SMALL).fit(module, datamodule=digits)
     assert explain.last_results  # left on the callback object
     no_explaining = {**SMALL, "limit_val_batches": 0}
-    tiny_trainer(max_epochs=1, callbacks=[explain, summary], default_root_dir=tmp_path, **no_explaining).fit(module, datamodule=digits)
+    tiny_trainer(max_epochs=1, callbacks=[explain, summary], default_root_dir=tmp_path, **no_explaining).fit(
+        module, datamodule=digits
+    )
     assert summary.explained == {} and "explain_epoch" not in summary.summary

@@ -1,11 +1,27 @@
-"""kdlight.training.base: training-log arithmetic."""
+"""kdlight.training.base: training-log arithmetic, batch forms, dry runs."""
 from __future__ import annotations
 
-import numpy as np
-import torch
-from sklearn.metrics import confusion_matrix, f1_score
+import warnings
 
-from kdlight.training.base import accuracy_and_macro_f1, confusion_counts
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import LightningDataModule, seed_everything
+from sklearn.metrics import confusion_matrix, f1_score
+from torch.utils.data import DataLoader, TensorDataset, default_collate
+
+from kdlight import ClassifierModule
+from kdlight.core.batch import Batch
+from kdlight.models import MLP
+from kdlight.training.base import (
+    accuracy_and_macro_f1,
+    confusion_counts,
+    dry_forward,
+    unpack_batch,
+    unpack_indexed_batch,
+)
+
+from conftest import tiny_trainer
 
 
 def test_confusion_counts_match_sklearn():
@@ -23,3 +39,57 @@ def test_confusion_counts_match_sklearn():
 def test_confusion_counts_leave_absent_classes_empty():
     counts = confusion_counts(torch.tensor([0, 0, 2]), torch.tensor([0, 2, 2]), num_classes=4)
     assert counts.tolist() == [[1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+# -- batches of any accepted form, dry runs, the deprecated tuple readers ---------------------------
+X, Y = torch.randn(48, 6), torch.arange(48) % 3
+
+
+class UserData(LightningDataModule):
+    """A user's data module whose loaders yield ``form`` batches: positional tuples, the old
+    ``{"x", "y"}`` dicts or :class:`Batch` objects."""
+
+    COLLATE = {
+        "tuple": default_collate,
+        "xy dict": lambda samples: dict(zip(("x", "y"), default_collate(samples))),
+        "Batch": lambda samples: Batch(*default_collate(samples)),
+    }
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(X, Y), batch_size=16, collate_fn=self.COLLATE[self.form])
+
+    val_dataloader = train_dataloader
+
+
+@pytest.mark.parametrize("form", sorted(UserData.COLLATE))
+def test_every_batch_form_trains_and_validates_alike(form):
+    seed_everything(0, verbose=False)
+    module = ClassifierModule(MLP(in_features=6, num_classes=3, hidden=[8]), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer = tiny_trainer(max_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. Lightning's "ambiguous collection" batch size
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=UserData(form))
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(module.model.eval()(X), Y)
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dry_forward_runs_in_eval_mode_without_gradients_and_restores_the_mode():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Dropout(0.5)).train()
+    out = dry_forward(model, X)
+    assert model.training and not out.requires_grad
+    assert torch.equal(out, model[0](X).detach())  # dropout was off
+
+
+def test_deprecated_unpack_batch_still_returns_the_old_tuples():
+    x_u = torch.randn(4, 6)
+    with pytest.warns(DeprecationWarning, match="as_batch"):
+        assert unpack_batch((X, Y)) == (X, Y)
+    with pytest.warns(DeprecationWarning, match="as_batch"):
+        x, y, index = unpack_indexed_batch({"labeled": {"inputs": X, "target": Y, "index": Y}, "transfer": (x_u,)})
+    assert (x, y, index) == (X, Y, Y)

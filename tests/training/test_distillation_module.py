@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 from torch import nn
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
 from kdlight.core.errors import NonFiniteLossError
-from kdlight.objectives import KD, AttentionTransfer, Composite, CrossEntropy, Hint, Objective
 from kdlight.core.step import LossTerm
+from kdlight.objectives import KD, AttentionTransfer, Composite, CrossEntropy, Hint, Objective
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 
 def adam(params):
@@ -24,7 +25,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class TeacherModeProbe(Callback):
+class TeacherModeRecorder(Callback):
     """Records the teacher's training flag at every train batch."""
 
     def __init__(self) -> None:
@@ -37,12 +38,12 @@ class TeacherModeProbe(Callback):
 def test_teacher_is_bit_identical_and_in_eval_mode_after_fit(digits, teacher_checkpoint):
     module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
     before = snapshot(module.teacher)  # parameters and BatchNorm buffers
-    probe = TeacherModeProbe()
-    tiny_trainer(max_epochs=2, callbacks=[probe]).fit(module, datamodule=digits)
+    recorder = TeacherModeRecorder()
+    tiny_trainer(max_epochs=2, callbacks=[recorder]).fit(module, datamodule=digits)
     after = module.teacher.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert probe.flags and not any(probe.flags)  # eval at every step, also after validation
+    assert recorder.flags and not any(recorder.flags)  # eval at every step, also after validation
     module.train()
     assert not any(m.training for m in module.teacher.modules())
     assert module.student.training
@@ -86,8 +87,7 @@ def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint)
     module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
     trainer = tiny_trainer()
     trainer.validate(module, datamodule=digits, verbose=False)
-    x = torch.cat([b[0] for b in digits.val_dataloader()])
-    y = torch.cat([b[1] for b in digits.val_dataloader()])
+    x, y = digits.split_tensors("val")
     module.eval()
     with torch.no_grad():
         s, t = module.student(x), module.teacher(x)
@@ -134,8 +134,9 @@ def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
 
 
 def test_train_accuracy_and_f1_from_the_confusion_matrix():
-    from kdlight.training.base import accuracy_and_macro_f1
     from torchmetrics.functional.classification import multiclass_f1_score
+
+    from kdlight.training.base import accuracy_and_macro_f1
 
     target = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
     preds = torch.tensor([0, 1, 1, 1, 2, 0, 2, 1])

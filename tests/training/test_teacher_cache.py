@@ -11,11 +11,12 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
-from kdlight.training.teacher_cache import TeacherCache, _host
 from kdlight.data import DigitsDataModule
 from kdlight.objectives import KD, Composite, Hint
+from kdlight.training.teacher_cache import TeacherCache, _host
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 
 def fit(datamodule, epochs=3, teacher_state=None, objective=None, **kwargs):
@@ -36,7 +37,7 @@ def test_memory_cache_gives_identical_training_with_one_teacher_pass_per_sample(
     plain, plain_calls = fit(DigitsDataModule(batch_size=64))
     cached, cached_calls = fit(DigitsDataModule(batch_size=64), teacher_cache="memory")
     batches = len(DigitsDataModule(batch_size=64).train_dataloader())
-    assert plain_calls == 3 * batches + 1 and cached_calls == batches + 1  # +1: the setup probe
+    assert plain_calls == 3 * batches + 1 and cached_calls == batches + 1  # +1: the dry run at setup
     for (name, a), b in zip(plain.student.state_dict().items(), cached.student.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -45,7 +46,7 @@ def test_disk_cache_is_reused_and_rebuilt_for_another_teacher(tmp_path):
     _, first = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
     assert list(tmp_path.glob("teacher_cache_*_rank0.pt"))
     _, second = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
-    assert second == 1 and first > 1  # only the setup probe: every target came from disk
+    assert second == 1 and first > 1  # only the dry run at setup: every target came from disk
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in digits_teacher().state_dict().items()}
     with pytest.warns(UserWarning, match="built for another teacher"):
         _, third = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path), teacher_state=other)
@@ -97,7 +98,18 @@ class HalfShardDigits(DigitsDataModule):
     def train_dataloader(self):
         loader = super().train_dataloader()
         self.sampler = HalfShardSampler(len(loader.dataset))
-        return DataLoader(loader.dataset, batch_size=64, sampler=self.sampler)
+        return DataLoader(loader.dataset, batch_size=64, sampler=self.sampler, collate_fn=loader.collate_fn)
+
+
+def served_teacher_outputs(module, index) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[int]]:
+    """What ``module`` hands its objective as the teacher's outputs for the training samples ``index``,
+    and the batch sizes of the teacher passes that took (none when the cache held them all)."""
+    rows = []
+    handle = module.teacher.register_forward_hook(lambda _m, inputs, _o: rows.append(len(inputs[0])))
+    with torch.no_grad():
+        logits, features = module.teacher_outputs(DigitsDataModule().train_inputs()[index], torch.as_tensor(index))
+    handle.remove()
+    return logits, features, rows
 
 
 def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
@@ -113,15 +125,15 @@ def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
     tiny_trainer(max_epochs=3, limit_val_batches=0).fit(module, datamodule=data)
     seen = [set(data.sampler.shard(epoch)) for epoch in range(3)]
     new_per_epoch = [len(seen[0]), len(seen[1] - seen[0]), len(seen[2] - seen[0] - seen[1])]
-    assert rows[0] == 2  # the setup probe
+    assert rows[0] == 2  # the dry run at setup
     assert sum(rows[1:]) == sum(new_per_epoch) < 3 * len(seen[0])  # each sample through the teacher once
-    cache = module._cache
-    cached = cache.valid.nonzero().squeeze(1)
-    assert len(cached) == sum(new_per_epoch)
-    inputs = data.train_inputs()[cached]
+    cached = sorted(set().union(*seen))
+    logits, _, passes = served_teacher_outputs(module, cached)
     with torch.no_grad():
-        expected = teacher(inputs)
-    assert torch.allclose(cache.logits[cached], expected, atol=1e-5)
+        expected = teacher(data.train_inputs()[cached])
+    assert passes == [] and torch.allclose(logits, expected, atol=1e-5)  # all cached, and the teacher's own
+    unseen = next(i for i in range(len(data.train_inputs())) if i not in set(cached))
+    assert served_teacher_outputs(module, [unseen])[2] == [1]  # a sample no epoch saw goes through the teacher
 
 
 def _validation_run(**kwargs):
@@ -153,29 +165,62 @@ def test_cache_runs_the_teacher_once_over_the_validation_batches_of_fit():
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a), (a, b)
 
 
-def test_validation_cache_recomputes_a_batch_that_changed():
+class ChangingValidation(DigitsDataModule):
+    """Validation data that change from epoch to epoch (loaders reloaded every epoch), each change on
+    top of the last: epoch 1 repeats epoch 0, then the first batch is reordered, flipped, transposed,
+    shifted by 1e-3, and finally the last batch loses a sample."""
+
+    CHANGES = [
+        lambda x, y: (x, y),
+        lambda x, y: (x, y),
+        lambda x, y: (x[[1, 0, *range(2, len(x))]], y[[1, 0, *range(2, len(y))]]),
+        lambda x, y: (torch.cat([x[:64].flip(-1), x[64:]]), y),
+        lambda x, y: (torch.cat([x[:64].transpose(-1, -2), x[64:]]), y),
+        lambda x, y: (torch.cat([x[:64] + 1e-3, x[64:]]), y),
+        lambda x, y: (x[:-1], y[:-1]),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=64)
+        self.loads, self.current = 0, None
+
+    def val_dataloader(self):
+        self.current = self.CHANGES[min(self.loads, len(self.CHANGES) - 1)](*(self.current or self.split_tensors("val")))
+        self.loads += 1
+        return DataLoader(TensorDataset(*self.current), batch_size=64)
+
+
+def _changing_validation_run(**kwargs):
+    seed_everything(0, verbose=False)
     teacher = digits_teacher()
     calls = []
-    teacher.register_forward_hook(lambda *_: calls.append(1))
-    module = DistillationModule(teacher, digits_student(), teacher_as_given=True, teacher_cache="memory")
-    module.trainer = type("T", (), {"state": type("S", (), {"fn": "fit"})()})()  # a fit in progress
-    x = torch.randn(8, 1, 8, 8)
-    with torch.no_grad():
-        first = module._validation_teacher(x, "val", 0)
-        assert torch.equal(module._validation_teacher(x.clone(), "val", 0), first) and len(calls) == 1  # cached
-        order = [1, 0, *range(2, 8)]  # the same samples in another order: recomputed
-        assert torch.allclose(module._validation_teacher(x[order], "val", 0), first[order]) and len(calls) == 2
-        assert module._validation_teacher(x[:4], "val", 0).shape == (4, 10) and len(calls) == 3  # a shorter batch
+    teacher.register_forward_hook(lambda module, *_: calls.append(1))
+    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+                                teacher_as_given=True, **kwargs)
+    history = []
+
+    class Record(Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            calls.clear()
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            history.append((len(calls), float(trainer.callback_metrics["val/teacher_acc"]), float(trainer.callback_metrics["val/kl"])))
+
+    trainer = tiny_trainer(max_epochs=len(ChangingValidation.CHANGES), num_sanity_val_steps=0, limit_train_batches=1,
+                           reload_dataloaders_every_n_epochs=1, callbacks=[Record()])
+    trainer.fit(module, datamodule=ChangingValidation())
+    return history
 
 
-def test_validation_fingerprint_sees_flips_and_reorderings():
-    from kdlight.training.distillation import _batch_fingerprint
-
-    x = torch.randn(6, 1, 8, 8)
-    same = _batch_fingerprint(x.clone())
-    assert torch.equal(_batch_fingerprint(x), same)
-    for changed in (x.flip(-1), x.transpose(-1, -2), x[[1, 0, 2, 3, 4, 5]], x[:5], x + 1e-3):
-        assert not torch.equal(_batch_fingerprint(changed), same)
+def test_validation_cache_recomputes_every_batch_that_changed():
+    """Reordered, flipped, transposed, shifted or shortened batches go through the teacher again;
+    the metrics equal those of a run without the cache every epoch."""
+    plain, cached = _changing_validation_run(), _changing_validation_run(teacher_cache="memory")
+    batches = len(DigitsDataModule(batch_size=64).val_dataloader())
+    assert [n for n, *_ in plain] == [batches] * 7
+    assert [n for n, *_ in cached] == [batches, 0, 1, 1, 1, 1, 1]
+    for (_, *a), (_, *b) in zip(plain, cached):
+        assert a == pytest.approx(b, abs=1e-6)
 
 
 # -- the disk copy: atomic writes, unreadable files, the full key, leftovers of killed writers ----
@@ -187,6 +232,13 @@ def _teacher_outputs(module, layer):
         logits = module.teacher(DigitsDataModule().train_inputs())
     handle.remove()
     return logits, captured["out"]
+
+
+def _all_served(module):
+    """The teacher outputs ``module`` serves for every training sample; every one must come from the cache."""
+    logits, features, passes = served_teacher_outputs(module, list(range(len(DigitsDataModule().train_inputs()))))
+    assert passes == []
+    return logits, features
 
 
 def _cache_warnings(record) -> list[str]:
@@ -204,7 +256,7 @@ def test_unreadable_cache_file_is_rebuilt_with_one_warning(tmp_path):
     assert message.startswith(f"teacher cache {path} is unreadable (") and message.endswith("rebuilding it from the teacher")
     assert "\n" not in message and calls > 1
     logits, _ = _teacher_outputs(module, "conv2")
-    assert torch.allclose(module._cache.logits, logits, atol=1e-5)  # rebuilt from the teacher, not from garbage
+    assert torch.allclose(_all_served(module)[0], logits, atol=1e-5)  # rebuilt from the teacher, not from garbage
     with warnings.catch_warnings(record=True) as record:  # rewritten: the next run reads it quietly
         warnings.simplefilter("always")
         _, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
@@ -242,10 +294,11 @@ def test_cache_key_covers_the_tapped_teacher_layers(tmp_path):
     with pytest.warns(UserWarning, match=r"built for other tapped teacher layers \(\['conv1'\] vs \['conv2'\]\); rebuilding it"):
         module, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path),
                             objective=Composite([KD(), Hint("conv2", "conv2")]))
-    assert calls > 1 and set(module._cache.features) == {"conv2"}
+    served_logits, served_features = _all_served(module)
+    assert calls > 1 and set(served_features) == {"conv2"}
     logits, conv2 = _teacher_outputs(module, "conv2")
-    assert torch.allclose(module._cache.features["conv2"], conv2, atol=1e-5)
-    assert torch.allclose(module._cache.logits, logits, atol=1e-5)
+    assert torch.allclose(served_features["conv2"], conv2, atol=1e-5)
+    assert torch.allclose(served_logits, logits, atol=1e-5)
 
 
 def test_cache_key_covers_precision_and_layers(tmp_path):

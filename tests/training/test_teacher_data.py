@@ -6,11 +6,12 @@ import warnings
 import pytest
 import torch
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
 from kdlight.core.weights import load_weights
 from kdlight.data import DigitsDataModule
 from kdlight.models.ensemble import TeacherEnsemble
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 RUNNERS = {
     "fit": lambda trainer, module, dm: trainer.fit(module, datamodule=dm),

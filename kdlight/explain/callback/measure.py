@@ -1,0 +1,162 @@
+"""What the callback measures on the probes: maps, agreement, chance level, faithfulness, surrogate."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor, nn
+
+from kdlight.explain.callback.probes import Probes, gather_in_probe_order, global_mean, probe_key
+from kdlight.explain.callback.settings import attribution_config
+from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
+from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind
+from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
+from kdlight.explain.surrogate import fit_surrogate
+from kdlight.training.reinit import reinitialized
+
+#: metrics that also get a chance level (``chance_<name>``): agreement with a fresh student
+CHANCE_METRICS = ("cosine", "rank_correlation", "feature_agreement")
+FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
+#: methods whose maps are local (gradients): infidelity perturbs them additively
+LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
+#: the metric of the per-class table
+PER_CLASS_METRIC = "rank_correlation"
+
+
+class Measure:
+    """Attribution maps of the probes and the scores computed from them, with the callback's settings.
+
+    It keeps the metric objects (reset for each run) and the chance level of each method and
+    probe set (computed once; :meth:`forget` drops it when the models change).
+    """
+
+    def __init__(self, method_args: dict[str, dict[str, Any]], seed: int, batch_size: int, k: int) -> None:
+        self.method_args, self.seed, self.batch_size, self.k = method_args, seed, batch_size, k
+        self._chance: dict[tuple[str, str], dict[str, float]] = {}
+        self._metrics: dict[tuple, tuple[AgreementCollection, PerClassAgreement]] = {}
+        self._warned_nonfinite = False
+
+    def forget(self) -> None:
+        """Drop the chance levels (they belong to the models served so far)."""
+        self._chance.clear()
+
+    def config(self, method: str, role: str) -> AttributionConfig:
+        """The attribution settings of ``method`` for the ``role`` (teacher / student) model."""
+        return attribution_config(self.method_args, method, role, self.seed)
+
+    def probes(
+        self,
+        trainer: Trainer,
+        teacher: nn.Module,
+        student: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: str,
+        methods: list[str],
+    ) -> Probes:
+        """The probes ``x``, ``y`` with both models' logits, the class explained (``target``: whose
+        prediction, or the label) and the training inputs where a method's baselines need them."""
+        datamodule = trainer.datamodule
+        needed = any(baseline_kind(self.config(m, "teacher"), True) in ("mean", "sample") for m in methods)
+        train_inputs = (
+            datamodule.train_inputs().to(x.device) if needed and hasattr(datamodule, "train_inputs") else None
+        )
+        t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
+        explained = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[target]
+        return Probes(x, y, t_logits, s_logits, explained, train_inputs, probe_key(x, explained))
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
+        return torch.cat([model(xb) for xb in x.split(self.batch_size)])
+
+    def maps(self, method: str, role: str, model: nn.Module, probes: Probes) -> Tensor:
+        """``model``'s maps of the probes, ``batch_size`` probes per call."""
+        config = self.config(method, role)
+        batches = zip(probes.inputs.split(self.batch_size), probes.target.split(self.batch_size))
+        return torch.cat([attribute(model, xb, tb, config, train_inputs=probes.train_inputs) for xb, tb in batches])
+
+    def faithfulness(self, method: str, model: nn.Module, probes: Probes, maps: Tensor) -> dict[str, Tensor]:
+        """Per-probe deletion/insertion AUC and infidelity of ``model``'s own maps (NaN where the
+        map is not finite)."""
+        x = probes.inputs
+        finite = torch.isfinite(maps.flatten(1)).all(1)
+        scores = {name: torch.full((len(x),), float("nan"), device=x.device) for name in FAITHFULNESS_SCORES}
+        if finite.any():
+            xs, ms, ts = x[finite], maps[finite], probes.target[finite]
+            deletion, insertion = deletion_insertion_auc(model, xs, ms, ts)
+            multiply = method not in LOCAL_METHODS
+            infidelity = infidelity_score(model, xs, ms, ts, seed=self.seed, multiply_by_inputs=multiply)
+            for name, values in zip(FAITHFULNESS_SCORES, (deletion, insertion, infidelity)):
+                scores[name][finite] = values.float()
+        return scores
+
+    def finite(self, method: str, t_maps: Tensor, s_maps: Tensor) -> Tensor:
+        """Probes whose two maps are finite; warns once per callback when some are not."""
+        ok = torch.isfinite(t_maps.flatten(1)).all(1) & torch.isfinite(s_maps.flatten(1)).all(1)
+        if not bool(ok.all()) and not self._warned_nonfinite:
+            warnings.warn(
+                f"{int((~ok).sum())} probe(s) got NaN/infinite {method} attributions and are skipped "
+                "(counted in .../nonfinite); training continues",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned_nonfinite = True
+        return ok
+
+    def agreement(
+        self, method: str, probes: Probes, t_maps: Tensor, s_maps: Tensor, ok: Tensor
+    ) -> tuple[dict[str, float], PerClassAgreement]:
+        """The agreement metrics over the probes ``ok`` (synced over ranks), and the per-class
+        metric by label, to be tabled."""
+        key = (method, self.k, probes.teacher_logits.shape[-1])
+        if key not in self._metrics:  # built once, reset for each run
+            self._metrics[key] = (AgreementCollection(k=self.k), PerClassAgreement(PER_CLASS_METRIC, key[-1]))
+        metrics, per_class = (m.to(t_maps.device) for m in self._metrics[key])
+        metrics.reset(), per_class.reset()
+        if ok.any():
+            metrics.update(s_maps[ok], t_maps[ok])
+            per_class.update(s_maps[ok], t_maps[ok], probes.labels[ok])
+        return {name: float(value) for name, value in metrics.compute().items()}, per_class
+
+    def chance_level(
+        self, method: str, student: nn.Module, probes: Probes, t_maps: Tensor, ok: Tensor
+    ) -> dict[str, float]:
+        """Agreement of the teacher with a freshly initialised copy of the student (once per method
+        and probe set).
+
+        Some metrics are far from 0 for unrelated models: methods that multiply by the input
+        (integrated gradients, input x gradient, SHAP) give zero attribution wherever the input
+        equals the baseline, so rank correlation of |attribution| mostly measures the shared input
+        support (about 0.9 for an untrained student on digits). This floor puts curves in context.
+        """
+        key = (method, probes.key)
+        if key not in self._chance:
+            r_maps = self.maps(method, "student", reinitialized(student, self.seed), probes)
+            ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
+            metrics = AgreementCollection(k=self.k, names=CHANCE_METRICS).to(t_maps.device)
+            if ok.any():
+                metrics.update(r_maps[ok], t_maps[ok])
+            self._chance[key] = {name: float(value) for name, value in metrics.compute().items()}
+        return self._chance[key]
+
+    def surrogate(self, trainer: Trainer, probes: Probes) -> dict[str, float]:
+        """Fidelity and size of one decision tree of the student on every rank's probes, in probe
+        order (as in a single process)."""
+        inputs = gather_in_probe_order(trainer, probes.inputs.flatten(1))
+        predictions = gather_in_probe_order(trainer, probes.student_logits.argmax(-1))
+        report = fit_surrogate(inputs.cpu(), predictions.cpu(), seed=self.seed)
+        return {"fidelity": report.fidelity, "leaves": float(report.n_leaves)}
+
+
+def faithfulness_scalars(
+    trainer: Trainer, teacher: dict[str, Tensor], student: dict[str, Tensor], ok: Tensor
+) -> dict[str, float]:
+    """``{role}_{score}``: the mean of each per-probe score over the probes both maps are finite for."""
+    return {
+        f"{role}_{name}": global_mean(trainer, scores[name][ok])
+        for role, scores in (("teacher", teacher), ("student", student))
+        for name in FAITHFULNESS_SCORES
+    }

@@ -1,0 +1,95 @@
+"""The probe set: a fixed sample of the validation (or test) set, and how ranks share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from kdlight.training.teacher_cache import data_fingerprint
+
+
+@dataclass(frozen=True)
+class Probes:
+    """This rank's share of the probe set in one run, and what the models make of it."""
+
+    inputs: Tensor
+    labels: Tensor
+    teacher_logits: Tensor
+    student_logits: Tensor
+    target: Tensor  #: the class explained (the teacher's or student's prediction, or the label)
+    train_inputs: Tensor | None  #: the training inputs, where a method's baselines need them
+    key: str  #: fingerprint of the inputs and the target (part of every teacher-side key)
+
+
+class ProbeSet:
+    """``num_probes`` sample indices drawn once with ``seed``, then fixed for every run.
+
+    Each rank explains its share ``probes[rank::world_size]``; metrics are synced across ranks.
+    """
+
+    def __init__(self, num_probes: int, seed: int) -> None:
+        self.num_probes, self.seed = num_probes, seed
+        self._indices: Tensor | None = None
+
+    def indices(self, dataset_size: int) -> Tensor:
+        """The probe indices (sorted): drawn at the first call, then the same."""
+        if self.num_probes > dataset_size:
+            raise ValueError(
+                f"num_probes={self.num_probes} is larger than the validation set ({dataset_size} samples); "
+                f"set num_probes <= {dataset_size}"
+            )
+        if self._indices is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            self._indices = torch.randperm(dataset_size, generator=generator)[: self.num_probes].sort().values
+        return self._indices
+
+    def batch(self, trainer: Trainer, split: str) -> tuple[Tensor, Tensor]:
+        """This rank's share of the probes of ``split``: inputs ``[n, ...]`` and labels ``[n]``."""
+        dataset = split_dataset(trainer, split)
+        indices = self.indices(len(dataset))[trainer.global_rank :: trainer.world_size]
+        samples = [dataset[int(i)] for i in indices]
+        x = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        y = torch.as_tensor([int(s[1]) for s in samples])
+        return x, y
+
+
+def split_dataset(trainer: Trainer, split: str):
+    """The dataset of the split's (first) loader; ``None`` when there is none."""
+    loaders = trainer.val_dataloaders if split == "val" else trainer.test_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return getattr(loaders, "dataset", None)
+
+
+def probe_key(x: Tensor, target: Tensor) -> str:
+    """Fingerprint of the probe inputs and their targets."""
+    return f"{data_fingerprint(x)}|{data_fingerprint(target)}"
+
+
+def global_sum(trainer: Trainer, values: Tensor) -> float:
+    """Sum of ``values`` over every rank."""
+    return float(trainer.strategy.reduce(values.float().sum(), reduce_op="sum"))
+
+
+def global_mean(trainer: Trainer, values: Tensor) -> float:
+    """Mean of the finite ``values`` of every rank (not a mean of per-rank means); NaN if none."""
+    values = values.float()
+    finite = torch.isfinite(values)
+    total = trainer.strategy.reduce(torch.where(finite, values, torch.zeros_like(values)).sum(), reduce_op="sum")
+    count = trainer.strategy.reduce(finite.sum().float(), reduce_op="sum")
+    return float(total / count) if float(count) > 0 else float("nan")
+
+
+def gather_in_probe_order(trainer: Trainer, t: Tensor) -> Tensor:
+    """Every rank's share ``probes[rank::world]`` put back in probe order (shares may differ by one)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return t
+    parts = gather_all_tensors(t.contiguous())
+    out = t.new_empty((sum(len(part) for part in parts), *t.shape[1:]))
+    for rank, part in enumerate(parts):
+        out[rank :: len(parts)] = part
+    return out

@@ -1,0 +1,218 @@
+"""Sections 1 and 4: ``fit`` throughput of kdlight against a hand-written PyTorch loop.
+
+Section 4 (``--device cuda`` only) rides with section 1: bf16-mixed against 32-true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import Row, fmt_ratio, log, median, sync
+from bench.workloads import Workload, adam, kd_module, lightning_fit, samples_per_s
+
+VARIANTS = ("plain", "bare_lightning", "kdlight", "kdlight_nofinite", "kdlight_nolog", "kdlight_csv50", "kdlight_csv10")
+#: the variants of cifar and --quick runs (the others sit within noise there; --all-variants runs them)
+FEW_VARIANTS = ("plain", "bare_lightning", "kdlight", "kdlight_nolog", "kdlight_csv10")
+
+_warmed = False  # whether the one-off untimed pre-pass has run in this process
+
+
+def plain_loop(cfg, wl: Workload, epochs: int, precision: str = "32-true") -> float:
+    """The hand-written baseline: same models, loader, objective and optimizer as kdlight."""
+    from kdlight.functional import kd_loss
+
+    device = cfg.device
+    teacher, student = wl.models()
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = student.to(device).train()
+    optimizer = adam(student.parameters())
+    loader = wl.datamodule().train_dataloader()
+    n_train = len(loader.dataset)
+    amp = (
+        torch.autocast(device_type=device, dtype=torch.bfloat16)
+        if precision == "bf16-mixed"
+        else contextlib.nullcontext()
+    )
+    stamps = []
+    for _ in range(epochs):
+        sync(device)
+        stamps.append(time.perf_counter())
+        for batch in loader:  # kdlight's loaders yield named batches: {"inputs", "target", "index"}
+            x = batch["inputs"].to(device, non_blocking=True)
+            y = batch["target"].to(device, non_blocking=True)
+            with amp:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                s_logits = student(x)
+                loss = 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kd_loss(s_logits, t_logits, 4.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    sync(device)
+    stamps.append(time.perf_counter())
+    return samples_per_s(stamps, n_train)
+
+
+def bare_module_cls():
+    import lightning as L
+
+    from kdlight.functional import kd_loss
+
+    class BareKD(L.LightningModule):
+        """The plain loop's maths inside Lightning: no logging, no metrics, no checks."""
+
+        def __init__(self, teacher, student) -> None:
+            super().__init__()
+            self.teacher = teacher.eval().requires_grad_(False)
+            self.student = student
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.teacher.eval()
+            return self
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch["inputs"], batch["target"]
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            s_logits = self.student(x)
+            return 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kd_loss(s_logits, t_logits, 4.0)
+
+        def configure_optimizers(self):
+            return adam(self.student.parameters())
+
+    return BareKD
+
+
+def no_training_logs_cls():
+    """kdlight's DistillationModule with its public ``record_training`` as a no-op (a subclass
+    made here; kdlight is not changed): no train loss/weight logs, no train acc/F1 confusion
+    matrix, and so also no finite-loss check (that runs on logging steps inside it)."""
+    from kdlight import DistillationModule
+
+    class NoTrainingLogs(DistillationModule):
+        def record_training(self, *args, **kwargs) -> None:
+            return None
+
+    return NoTrainingLogs
+
+
+def variants(cfg, wl: Workload) -> dict[str, Callable[[int], float]]:
+    """name -> fn(epochs) returning train samples/s."""
+    found = {
+        "plain": lambda e: plain_loop(cfg, wl, e),
+        "bare_lightning": lambda e: lightning_fit(cfg, wl, bare_module_cls()(*wl.models()), e),
+        "kdlight": lambda e: lightning_fit(cfg, wl, kd_module(wl), e),
+        "kdlight_nofinite": lambda e: lightning_fit(cfg, wl, kd_module(wl, check_finite=False), e),
+        "kdlight_nolog": lambda e: lightning_fit(cfg, wl, kd_module(wl, cls=no_training_logs_cls()), e),
+        "kdlight_csv50": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=50),
+        "kdlight_csv10": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=10),
+    }
+    found = {k: v for k, v in found.items() if k in wl.variants}
+    if cfg.device == "cuda":
+        found["kdlight_bf16"] = lambda e: lightning_fit(cfg, wl, kd_module(wl), e, precision="bf16-mixed")
+        found["plain_bf16"] = lambda e: plain_loop(cfg, wl, e, precision="bf16-mixed")
+    return found
+
+
+def run(cfg, wl: Workload) -> dict[str, list[float]]:
+    """Train samples/s of every variant, ``wl.repeats`` fits each, interleaved."""
+    global _warmed
+    fits = variants(cfg, wl)
+    results: dict[str, list[float]] = {name: [] for name in fits}
+    for name, fn in fits.items():  # one untimed 2-epoch pass (imports, caches, CUDA init)
+        if cfg.device == "cuda" or (name in ("plain", "kdlight") and not _warmed):
+            fn(2)
+    _warmed = True
+    for r in range(wl.repeats):  # interleaved, so drifting background load hits all alike
+        for name, fn in fits.items():
+            results[name].append(fn(wl.epochs + 1))  # + the warm-up epoch
+        log(
+            f"  [{wl.name}] throughput repeat {r + 1}/{wl.repeats}: "
+            + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items())
+        )
+    return results
+
+
+def rows(wl_name: str, tp: dict[str, list[float]]) -> list[Row]:
+    found: list[Row] = []
+    med = {k: median(v) for k, v in tp.items()}
+    base = med["plain"]
+    unit = "train samples/s"
+    tag = f"[{wl_name}] "
+
+    def tp_row(key, label, baseline_key="plain", baseline_label=None, goal=""):
+        if key not in med or baseline_key not in med:
+            return
+        b = med[baseline_key]
+        found.append(
+            (
+                "1",
+                tag + label,
+                f"{med[key]:,.0f} {unit} ({min(tp[key]):,.0f}-{max(tp[key]):,.0f})",
+                baseline_label or f"plain loop {b:,.0f}",
+                fmt_ratio(med[key] / b),
+                goal,
+            )
+        )
+
+    found.append(
+        (
+            "1",
+            tag + "plain PyTorch loop (baseline)",
+            f"{base:,.0f} {unit} ({min(tp['plain']):,.0f}-{max(tp['plain']):,.0f})",
+            "itself",
+            "1.00",
+            "",
+        )
+    )
+    tp_row("bare_lightning", "bare LightningModule, same maths, no log/metrics")
+    k = med["kdlight"] / base
+    tp_row("kdlight", "kdlight fit, logger=False (defaults)", goal=f">= 0.95: {'met' if k >= 0.95 else 'NOT met'}")
+    tp_row("kdlight_nofinite", "kdlight fit, check_finite=False")
+    tp_row("kdlight_nolog", "kdlight fit without training logs (record_training no-op)")
+    tp_row("kdlight_csv50", "kdlight fit + CSVLogger (log_every_n_steps=50)")
+    tp_row("kdlight_csv10", "kdlight fit + CSVLogger (log_every_n_steps=10, kd.yaml)")
+    if "kdlight_nolog" in med:
+        tp_row(
+            "kdlight",
+            "kdlight's training-log cost: kdlight defaults vs without training logs",
+            "kdlight_nolog",
+            f"kdlight no training logs {med['kdlight_nolog']:,.0f}",
+        )
+    for key, n in (("kdlight_csv50", 50), ("kdlight_csv10", 10)):
+        tp_row(
+            key,
+            f"CSVLogger cost: kdlight+CSV({n}) vs kdlight logger=False",
+            "kdlight",
+            f"kdlight logger=False {med['kdlight']:,.0f}",
+        )
+    if "kdlight_bf16" in med:
+        tp_row(
+            "kdlight_bf16",
+            "bf16-mixed vs 32-true, kdlight fit (logger=False)",
+            "kdlight",
+            f"kdlight 32-true {med['kdlight']:,.0f}",
+        )
+        tp_row("plain_bf16", "bf16 autocast vs fp32, plain loop", "plain", f"plain fp32 {base:,.0f}")
+    return found
+
+
+def notes(cfg) -> list[str]:
+    per = "; ".join(
+        f"{wl.name}: median of {wl.repeats} fits per variant, each 1 warm-up + {wl.epochs} timed epoch(s), "
+        f"variants {', '.join(v for v in VARIANTS if v in wl.variants)}"
+        for wl in cfg.workloads.values()
+    )
+    return [
+        f"Section 1: {per}. Fits interleaved; Trainer logger=False (unless CSVLogger), no checkpointing/"
+        "progress bar/summary, num_sanity_val_steps=0, limit_val_batches=0; the plain loop iterates the same "
+        "kind of DataLoader (the data module's train_dataloader) with the same models and objective. "
+        "'without training logs' = DistillationModule subclass whose record_training does nothing (no "
+        "train loss/acc logs, and so no finite check)."
+    ]
