@@ -1,4 +1,5 @@
 """kdlight: knowledge distillation that also checks the student explains like the teacher."""
+
 from __future__ import annotations
 
 import importlib

@@ -6,6 +6,7 @@ and the table in ``runs/digits/demo/version_<n>/results.md``. Torch runs on one 
 numbers are the same on every machine (they change with the thread count: float sums are ordered
 differently).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from kdlight.cli import main as kdlight
 from kdlight.analysis.compare import compare_models, format_table, load_network
-from kdlight.training.reinit import reinitialized
+from kdlight.cli import main as kdlight
 from kdlight.reporting.runs import next_version
+from kdlight.training.reinit import reinitialized
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = [  # (row label, config, role of the network in its checkpoint)
@@ -38,8 +39,16 @@ def main() -> None:
     for label, config in RUNS:
         start = time.perf_counter()
         print(f"\n=== {label}: kdlight fit -c {config} ===", flush=True)
-        cli = kdlight(["fit", "-c", str(REPO / config), "--trainer.enable_model_summary=false",
-                       "--trainer.enable_progress_bar=false", *extra])
+        cli = kdlight(
+            [
+                "fit",
+                "-c",
+                str(REPO / config),
+                "--trainer.enable_model_summary=false",
+                "--trainer.enable_progress_bar=false",
+                *extra,
+            ]
+        )
         best = cli.trainer.checkpoint_callback.best_model_path
         networks[label] = load_network(cli.model, best)
         if label.startswith("student from scratch"):
@@ -48,7 +57,14 @@ def main() -> None:
     datamodule = cli.datamodule
     datamodule.setup("test")
     x, y = datamodule.split_tensors("test")
-    rows = compare_models(networks, teacher=RUNS[0][0], inputs=x, labels=y, train_inputs=datamodule.train_inputs())
+    rows = compare_models(
+        networks,
+        teacher=RUNS[0][0],
+        inputs=x,
+        labels=y,
+        train_inputs=datamodule.train_inputs(),
+        modality=datamodule.modality,
+    )
     rows.sort(key=lambda r: r["model"].startswith("untrained"))
     table = format_table(rows, title=f"Digits test set ({len(y)} samples)")
     out = next_version(REPO / "runs" / "digits" / "demo") / "results.md"

@@ -5,6 +5,7 @@ float32 attributions, and what each precision costs:
 
     python scripts/precision_check.py --accelerator gpu --epochs 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,17 @@ from kdlight.objectives import KD, Composite, ExplanationMatching
 
 
 def trainer(args, precision: str, callbacks=()) -> Trainer:
-    return Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, precision=precision,
-                   logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, callbacks=list(callbacks))
+    return Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
 
 
 def main() -> None:
@@ -44,11 +53,16 @@ def main() -> None:
         seed_everything(0, verbose=False)
         t = CNN1d()
         t.load_state_dict(state)
-        module = DistillationModule(t, MLP(in_features=40, hidden=[100, 100]),
-                                    objective=Composite([KD(), ExplanationMatching("saliency", weight=1.0)]),
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), teacher_as_given=True)
-        callback = ExplanationAgreement(methods=["integrated_gradients", "saliency"], every_n_epochs=args.epochs,
-                                        num_probes=128, log_images=False)
+        module = DistillationModule(
+            t,
+            MLP(in_features=40, hidden=[100, 100]),
+            objective=Composite([KD(), ExplanationMatching("saliency", weight=1.0)]),
+            optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+            teacher_as_given=True,
+        )
+        callback = ExplanationAgreement(
+            methods=["integrated_gradients", "saliency"], every_n_epochs=args.epochs, num_probes=128, log_images=False
+        )
         run = trainer(args, precision, [callback])
         start = time.perf_counter()
         try:
@@ -59,8 +73,10 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / args.epochs
         m, r = run.callback_metrics, callback.last_results
         nonfinite = sum(v for k, v in r.items() if k.endswith("/nonfinite"))
-        print(f"| {precision} | {seconds:.2f} | {float(m['val/acc']):.3f} | {float(m['val/agreement']):.3f} | "
-              f"{r['val/explain/integrated_gradients/rank_correlation']:.3f} | {r['val/explain/saliency/cosine']:.3f} | {nonfinite:.0f} |")
+        print(
+            f"| {precision} | {seconds:.2f} | {float(m['val/acc']):.3f} | {float(m['val/agreement']):.3f} | "
+            f"{r['val/explain/integrated_gradients/rank_correlation']:.3f} | {r['val/explain/saliency/cosine']:.3f} | {nonfinite:.0f} |"
+        )
 
 
 if __name__ == "__main__":

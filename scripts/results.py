@@ -22,12 +22,12 @@ The markdown section of a dataset (between ``<!-- BEGIN results:<dataset> -->`` 
 ``<!-- END ... -->``) is replaced in ``--output`` (default RESULTS.md), or appended; everything
 else in the file is left alone. Per-seed rows go to ``<runs-dir>/rows.json``.
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
-import os
 import platform
 import re
 import shlex
@@ -65,8 +65,10 @@ DATASETS: dict[str, dict] = {
     "mnist1d": {
         "title": "MNIST-1D (Greydanus 2020; 4000 train / 1000 test, 10 % of train held out for validation)",
         "folder": "configs/mnist1d",
-        "seed_note": ("Seed s sets the weights' initialisation, the data order and which 400 training samples are "
-                      "held out for validation; the 1000 test samples are the official ones for every seed."),
+        "seed_note": (
+            "Seed s sets the weights' initialisation, the data order and which 400 training samples are "
+            "held out for validation; the 1000 test samples are the official ones for every seed."
+        ),
         "runs": SHARED_RUNS,
     },
 }
@@ -97,7 +99,9 @@ def run_overrides(
     cfg = yaml.safe_load(config.read_text())
     trainer = cfg.get("trainer") or {}
     args = [
-        "fit", "-c", str(config),
+        "fit",
+        "-c",
+        str(config),
         f"--seed_everything={seed}",
         f"--data.init_args.seed={seed}",
         f"--run_dir={run_dir}",
@@ -123,8 +127,8 @@ def run_overrides(
 
 def fit(config: Path, run_dir: Path, seed: int, **kwargs):
     """Run one config for one seed; return ``(trained network in eval mode, datamodule, best ckpt)``."""
-    from kdlight.cli import main as kdlight
     from kdlight.analysis.compare import load_network
+    from kdlight.cli import main as kdlight
 
     run_dir.mkdir(parents=True, exist_ok=True)
     args = run_overrides(config, run_dir, seed, **kwargs)
@@ -194,8 +198,10 @@ def markdown_table(per_seed: dict[int, list[dict]], columns=COLUMNS) -> str:
 
 
 def environment() -> str:
-    return (f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} CPU threads, {platform.machine()}")
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, {platform.machine()}"
+    )
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:
@@ -226,26 +232,47 @@ def make_parser(description: str, datasets: Sequence[str] | None = None) -> argp
     parser = argparse.ArgumentParser(description=description)
     if datasets is not None:
         parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(datasets)}")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (0 .. N-1); default 3 (1 with --quick)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (0 .. N-1); default 3 (1 with --quick)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override max_epochs of every config")
-    parser.add_argument("--configs", default=None,
-                        help="comma-separated subset of the configs to run (the teacher always runs)")
-    parser.add_argument("--limit-batches", type=int, default=None,
-                        help="limit_train_batches / limit_val_batches of every run (smoke runs)")
+    parser.add_argument(
+        "--configs", default=None, help="comma-separated subset of the configs to run (the teacher always runs)"
+    )
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="limit_train_batches / limit_val_batches of every run (smoke runs)",
+    )
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test samples only")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 seed, 1 epoch, 2 batches, 64 test samples (numbers are meaningless)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 seed, 1 epoch, 2 batches, 64 test samples (numbers are meaningless)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "RESULTS.md", help="markdown file to update")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where checkpoints and logs go")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a small shared machine more threads are slower)")
-    parser.add_argument("--explain-callback", action="store_true",
-                        help="keep the configs' ExplanationAgreement callback (slower; only adds logged curves)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a small shared machine more threads are slower)",
+    )
+    parser.add_argument(
+        "--explain-callback",
+        action="store_true",
+        help="keep the configs' ExplanationAgreement callback (slower; only adds logged curves)",
+    )
     return parser
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, datasets: Sequence[str] | None,
-               config_names: Sequence[str] | dict) -> argparse.Namespace:
+def check_args(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    datasets: Sequence[str] | None,
+    config_names: Sequence[str] | dict,
+) -> argparse.Namespace:
     """Validate, apply ``--quick``, and turn ``--configs`` into a list of config names."""
     if datasets is not None and args.dataset not in datasets:
         parser.error(f"unknown dataset {args.dataset!r}; valid datasets are: {', '.join(datasets)}")
@@ -274,8 +301,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, datase
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = make_parser(__doc__.splitlines()[0], list(DATASETS))
     args = parser.parse_args(argv)
-    return check_args(parser, args, list(DATASETS),
-                      {k: [name for name, _, _ in v["runs"]] for k, v in DATASETS.items()})
+    return check_args(
+        parser, args, list(DATASETS), {k: [name for name, _, _ in v["runs"]] for k, v in DATASETS.items()}
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -299,10 +327,15 @@ def main(argv: Sequence[str] | None = None) -> str:
         teacher_ckpt = None
         datamodule = None
         for name, label, arch in [r for r in spec["runs"] if r[0] in args.configs]:
-            net, dm, best = fit(folder / f"{name}.yaml", runs_dir / f"seed{seed}" / name, seed,
-                                teacher_checkpoint=teacher_ckpt if name != "teacher" else None,
-                                epochs=args.epochs, limit_batches=args.limit_batches,
-                                explain_callback=args.explain_callback)
+            net, dm, best = fit(
+                folder / f"{name}.yaml",
+                runs_dir / f"seed{seed}" / name,
+                seed,
+                teacher_checkpoint=teacher_ckpt if name != "teacher" else None,
+                epochs=args.epochs,
+                limit_batches=args.limit_batches,
+                explain_callback=args.explain_callback,
+            )
             if name == "teacher":
                 teacher_ckpt, datamodule = best, dm
             networks[label] = net
@@ -312,8 +345,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         x, y = test_tensors(datamodule, args.eval_limit)
         n_test[seed] = len(y)
         teacher_label = spec["runs"][0][1]
-        rows = compare_models(networks, teacher=teacher_label, inputs=x, labels=y,
-                              train_inputs=datamodule.train_inputs())
+        rows = compare_models(
+            networks,
+            teacher=teacher_label,
+            inputs=x,
+            labels=y,
+            train_inputs=datamodule.train_inputs(),
+            modality=datamodule.modality,
+        )
         per_seed[seed] = [{**r, "seed": seed, "n_test": len(y)} for r in rows]
     elapsed = time.perf_counter() - start
     runs_dir.mkdir(parents=True, exist_ok=True)

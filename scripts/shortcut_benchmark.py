@@ -32,6 +32,7 @@ seed's TEST split:
 
 Writes the ``shortcut`` section of ``--output`` (default RESULTS.md) and ``<runs-dir>/rows.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,20 +83,23 @@ def cue_mass(attributions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def shortcut_metrics(networks: dict[str, torch.nn.Module], datamodule, seed: int, limit: int | None) -> dict[str, dict]:
     """Cue-specific numbers for every network on the seed's test split."""
     from kdlight.data.digits import DigitsDataModule
-    from kdlight.explain.methods import AttributionConfig, attribute
+    from kdlight.explain.attribution import AttributionConfig, attribute
 
     x, y = common.test_tensors(datamodule, limit)
     cues = torch.from_numpy(datamodule.cue_classes["test"][: len(y)])
-    plain = DigitsDataModule(seed=datamodule.seed, val_fraction=datamodule.val_fraction,
-                             test_fraction=datamodule.test_fraction)
+    plain = DigitsDataModule(
+        seed=datamodule.seed, val_fraction=datamodule.val_fraction, test_fraction=datamodule.test_fraction
+    )
     x_plain, y_plain = plain.split_tensors("test")
     x_plain, y_plain = x_plain[: len(y)], y_plain[: len(y)]
     assert torch.equal(y_plain, y), "the shortcut and plain digits test splits differ"
     x_label = datamodule.apply_cue(x_plain, y.numpy())
     mask = datamodule.cue_mask()
     wrong_cue = cues != y
-    methods = {"saliency": AttributionConfig(method="saliency"),
-               "ig": AttributionConfig(method="integrated_gradients", seed=seed)}
+    methods = {
+        "saliency": AttributionConfig(method="saliency"),
+        "ig": AttributionConfig(method="integrated_gradients", seed=seed),
+    }
     out = {}
     for name, net in networks.items():
         pred = predict(net, x)
@@ -105,7 +109,7 @@ def shortcut_metrics(networks: dict[str, torch.nn.Module], datamodule, seed: int
             "follows_cue": (pred[wrong_cue] == cues[wrong_cue]).float().mean().item(),
         }
         for key, config in methods.items():
-            maps = attribute(net, x, pred, config)
+            maps = attribute(net, x, pred, config, modality=datamodule.modality)
             row[f"{key}_cue_mass"] = cue_mass(maps, mask).mean().item()
         out[name] = row
     return out
@@ -113,8 +117,12 @@ def shortcut_metrics(networks: dict[str, torch.nn.Module], datamodule, seed: int
 
 def parse_args(argv: Sequence[str] | None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--cue-strength", type=float, default=None,
-                        help="override data.init_args.cue_strength of the students (default: the configs' 1.0)")
+    parser.add_argument(
+        "--cue-strength",
+        type=float,
+        default=None,
+        help="override data.init_args.cue_strength of the students (default: the configs' 1.0)",
+    )
     parser.add_argument("--cue-region", default=None, help="override data.init_args.cue_region (sides | border)")
     args = parser.parse_args(argv)
     if args.cue_strength is not None and not 0.0 <= args.cue_strength <= 1.0:
@@ -148,9 +156,13 @@ def main(argv: Sequence[str] | None = None) -> str:
         for name, label in [r for r in RUNS if r[0] in args.configs]:
             is_teacher = name == "teacher"
             net, dm, best = common.fit(
-                FOLDER / f"{name}.yaml", runs_dir / f"seed{seed}" / name, seed,
-                teacher_checkpoint=None if is_teacher else teacher_ckpt, epochs=args.epochs,
-                limit_batches=args.limit_batches, explain_callback=args.explain_callback,
+                FOLDER / f"{name}.yaml",
+                runs_dir / f"seed{seed}" / name,
+                seed,
+                teacher_checkpoint=None if is_teacher else teacher_ckpt,
+                epochs=args.epochs,
+                limit_batches=args.limit_batches,
+                explain_callback=args.explain_callback,
                 extra=[] if is_teacher else data_overrides,
             )
             networks[label] = net
@@ -164,8 +176,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         # keep the chance row last
         networks[CHANCE] = networks.pop(CHANCE)
         x, y = common.test_tensors(student_data, args.eval_limit)
-        rows = compare_models(networks, teacher=RUNS[0][1], inputs=x, labels=y,
-                              train_inputs=student_data.train_inputs())
+        rows = compare_models(
+            networks,
+            teacher=RUNS[0][1],
+            inputs=x,
+            labels=y,
+            train_inputs=student_data.train_inputs(),
+            modality=student_data.modality,
+        )
         extra = shortcut_metrics(networks, student_data, seed, args.eval_limit)
         per_seed[seed] = [{**r, **extra[r["model"]], "seed": seed, "n_test": len(y)} for r in rows]
         region = student_data.cue_region
@@ -177,30 +195,32 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     epochs = args.epochs if args.epochs is not None else common.configured_epochs(FOLDER / "teacher.yaml")
     seeds = sorted(per_seed)
-    section = "\n".join([
-        "## Shortcut benchmark (digits with a class-coding cue pixel)",
-        "",
-        f"Command: `{common.command_line('scripts/shortcut_benchmark.py', argv)}`",
-        "",
-        f"Run: {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); max_epochs "
-        f"{'= ' + str(args.epochs) + ' for every config (override)' if args.epochs else 'from each config (' + str(epochs) + ')'}"
-        f"{f'; limit_train/val_batches = {args.limit_batches}' if args.limit_batches else ''}"
-        f"{' (--quick smoke run: the numbers mean nothing)' if args.quick else ''}"
-        f"{'; configs: ' + ', '.join(args.configs) if len(args.configs) < len(RUNS) else ''}; "
-        f"cue region `{region}` ({n_region} of 64 pixels), cue_strength {strength} (train/val cue = label "
-        f"with that probability), test cue at a random class position; best checkpoint by val/acc (cued "
-        f"validation images); test split of {per_seed[seeds[0]][0]['n_test']} images per seed; wall time "
-        f"{elapsed / 60:.1f} min; {common.environment()}.",
-        "",
-        common.markdown_table(per_seed, COLUMNS),
-        "",
-        "Mean ± sample std over seeds. *test acc, random cue*: the cue pixel is present but at a random "
-        "class's position, so it carries no information (the benchmark's clean-test accuracy). *follows "
-        "cue*: share of the test images whose cue names a wrong class that are predicted as that class. "
-        "*top-1 agreement* / *saliency rank corr.*: with the clean teacher, on the random-cue test images, "
-        "teacher's predicted class. *mass on cue region*: share of the summed |attribution| (model's own predicted class) "
-        f"on the {n_region} cue-region pixels ({100 * n_region / 64:.0f} % of the image).",
-    ])
+    section = "\n".join(
+        [
+            "## Shortcut benchmark (digits with a class-coding cue pixel)",
+            "",
+            f"Command: `{common.command_line('scripts/shortcut_benchmark.py', argv)}`",
+            "",
+            f"Run: {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); max_epochs "
+            f"{'= ' + str(args.epochs) + ' for every config (override)' if args.epochs else 'from each config (' + str(epochs) + ')'}"
+            f"{f'; limit_train/val_batches = {args.limit_batches}' if args.limit_batches else ''}"
+            f"{' (--quick smoke run: the numbers mean nothing)' if args.quick else ''}"
+            f"{'; configs: ' + ', '.join(args.configs) if len(args.configs) < len(RUNS) else ''}; "
+            f"cue region `{region}` ({n_region} of 64 pixels), cue_strength {strength} (train/val cue = label "
+            f"with that probability), test cue at a random class position; best checkpoint by val/acc (cued "
+            f"validation images); test split of {per_seed[seeds[0]][0]['n_test']} images per seed; wall time "
+            f"{elapsed / 60:.1f} min; {common.environment()}.",
+            "",
+            common.markdown_table(per_seed, COLUMNS),
+            "",
+            "Mean ± sample std over seeds. *test acc, random cue*: the cue pixel is present but at a random "
+            "class's position, so it carries no information (the benchmark's clean-test accuracy). *follows "
+            "cue*: share of the test images whose cue names a wrong class that are predicted as that class. "
+            "*top-1 agreement* / *saliency rank corr.*: with the clean teacher, on the random-cue test images, "
+            "teacher's predicted class. *mass on cue region*: share of the summed |attribution| (model's own predicted class) "
+            f"on the {n_region} cue-region pixels ({100 * n_region / 64:.0f} % of the image).",
+        ]
+    )
     common.write_section(args.output, "shortcut", section)
     print("\n" + section + f"\n(written to {args.output})")
     return section

@@ -7,6 +7,7 @@
 Cell tags (``parameters``, ``validate-parameters``) and cell ids are kept; notebook metadata is
 reduced to the kernelspec and the language name.
 """
+
 from __future__ import annotations
 
 import argparse

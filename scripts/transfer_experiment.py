@@ -8,6 +8,7 @@ teacher, and evaluates the best checkpoint (by val/acc) on the 1000 official tes
 
 Prints one line per run and a mean ± std table at the end. Torch runs on one thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,10 @@ def main() -> None:
             start = time.perf_counter()
             metrics = run(config, seed, f"{args.root}/s{seed}")
             results[config].append(100 * metrics["test/acc"])
-            print(f"seed {seed} {config}: test acc {metrics['test/acc']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"seed {seed} {config}: test acc {metrics['test/acc']:.4f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     print("\n| config | test acc (mean ± std) |\n|---|---|")
     for config, values in results.items():
         std = statistics.stdev(values) if len(values) > 1 else 0.0

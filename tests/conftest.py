@@ -1,4 +1,5 @@
 """Shared fixtures: offline logging, tiny trainers, a digits teacher checkpoint."""
+
 from __future__ import annotations
 
 import os

@@ -5,7 +5,8 @@ arguments (``sys.argv``), so everything here runs on every rank and is driven by
 only. Two modes:
 
 ``--mode ddp``  fit a digits student for a few epochs with ``devices=2, strategy="ddp"`` and the
-    ExplanationAgreement callback, save the checkpoint, then ``trainer.validate``. Rank 0 writes
+    ExplanationAgreement callback (with stability, and ground-truth masks that depend on the
+    sample's index only, so localisation is logged), save the checkpoint, then ``trainer.validate``. Rank 0 writes
     ``result.json`` with the teacher's state-dict hash before/after fit on every rank (gathered),
     the student's hash on every rank, whether the teacher was in eval mode at every training step
     on every rank, how many probes each rank explained, and the validation metrics.
@@ -18,6 +19,7 @@ pads nothing. (It pads an uneven split by repeating samples, which would count t
 Every validation metric is a sum over samples reduced across ranks (torchmetrics), so the DDP
 values equal the single-process ones up to float summation order.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +37,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
 
-from conftest import digits_student, digits_teacher  # noqa: E402
 from kdlight import DistillationModule  # noqa: E402
 from kdlight.data import DigitsDataModule  # noqa: E402
 from kdlight.explain.callback import ExplanationAgreement  # noqa: E402
+
+from conftest import digits_student, digits_teacher  # noqa: E402
 
 METHODS = ["integrated_gradients", "saliency"]
 
@@ -78,11 +81,21 @@ class CountingAgreement(ExplanationAgreement):
         share = self.probe_set.batch
 
         def counted(trainer, split):
-            x, y = share(trainer, split)
-            self.shard_sizes.append(len(x))
-            return x, y
+            batch = share(trainer, split)
+            self.shard_sizes.append(len(batch))
+            return batch
 
         self.probe_set.batch = counted
+
+
+def index_masks(split: str, indices: torch.Tensor) -> torch.Tensor:
+    """Ground-truth masks ``[N, 1, 8, 8]`` that depend on the sample's index only: one of the four
+    centre pixels, and the whole top row for every third sample."""
+    masks = torch.zeros((len(indices), 1, 8, 8), dtype=torch.bool)
+    for row, index in enumerate(indices.tolist()):
+        masks[row, 0, 3 + index % 2, 3 + (index // 2) % 2] = True
+        masks[row, 0, 0] |= index % 3 == 0
+    return masks
 
 
 def gather(obj):
@@ -113,21 +126,35 @@ def main() -> None:
 
     seed_everything(0, verbose=False)
     datamodule = DigitsDataModule(batch_size=32, seed=0)
+    datamodule.ground_truth_masks = index_masks  # known relevant features: the callback logs localisation
     module = DistillationModule(
-        digits_teacher(), digits_student(), teacher_checkpoint=args.teacher_checkpoint,
+        digits_teacher(),
+        digits_student(),
+        teacher_checkpoint=args.teacher_checkpoint,
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
     )
     callback = CountingAgreement(
-        methods=METHODS, every_n_epochs=args.epochs, num_probes=args.num_probes, batch_size=16,
-        log_images=False, method_args={"integrated_gradients": {"n_steps": 8}},
+        methods=METHODS,
+        every_n_epochs=args.epochs,
+        num_probes=args.num_probes,
+        batch_size=16,
+        log_images=False,
+        method_args={"integrated_gradients": {"n_steps": 8}},
+        stability={"noise_scale": 0.05, "n_samples": 2},
     )
     probe = TeacherModeProbe()
     quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     ddp = args.mode == "ddp"
     trainer = Trainer(
-        accelerator="cpu", devices=2 if ddp else 1, strategy="ddp" if ddp else "auto",
-        max_epochs=args.epochs, limit_train_batches=args.limit_train_batches, num_sanity_val_steps=0,
-        deterministic=True, callbacks=[callback, probe], **quiet,
+        accelerator="cpu",
+        devices=2 if ddp else 1,
+        strategy="ddp" if ddp else "auto",
+        max_epochs=args.epochs,
+        limit_train_batches=args.limit_train_batches,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        callbacks=[callback, probe],
+        **quiet,
     )
     result: dict = {"mode": args.mode, "val_size": datamodule.split_sizes()["val"]}
 

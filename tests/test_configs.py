@@ -1,12 +1,14 @@
 """Every shipped YAML parses against the code; the runnable ones survive a fast_dev_run."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from kdlight.cli import KDLightCLI, main
+
+from conftest import REPO
 
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "logger"))
 FRAGMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name in ("trainer", "logger"))
@@ -45,4 +47,14 @@ def test_config_runs_one_batch(config, tmp_path):
         no_checkpoints = tmp_path / "no_member_checkpoints.yaml"
         no_checkpoints.write_text("model:\n  init_args:\n    teacher:\n      init_args:\n        checkpoints: null\n")
         extra += ["-c", str(no_checkpoints)]
-    main(["fit", "-c", str(config), "--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.callbacks=[]", *extra])
+    main(
+        [
+            "fit",
+            "-c",
+            str(config),
+            "--trainer.fast_dev_run=true",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            *extra,
+        ]
+    )

@@ -8,11 +8,12 @@ ExplanationAgreement callback has 31 samples on purpose: the ranks explain ``pro
 ``probes[1::2]`` (15), so the synced metrics must be exact means over all 31 probes, not means of
 per-rank means.
 
-Not compared exactly: the infidelity scores. Their Gaussian perturbations are drawn from a
+Not compared exactly: the infidelity and stability scores. Their perturbations are drawn from a
 generator seeded per call, and the draws depend on the number of probes in the call, so a rank's
 16 probes get other noise than the same probes get inside the 31-probe single-process call; the
 values agree only in distribution.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,17 @@ def run(command: list[str], cwd: Path, timeout: float = TIMEOUT) -> subprocess.C
     launcher starts rank 1 as a child of rank 0, which a plain kill would leave behind)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", MPLBACKEND="Agg")
     env.pop("LOCAL_RANK", None)  # never inherit a rank from an enclosing launcher
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"{' '.join(command[:4])} ... hung for {timeout} s (a collective on some ranks only?):\n{stderr[-3000:]}")
+        pytest.fail(
+            f"{' '.join(command[:4])} ... hung for {timeout} s (a collective on some ranks only?):\n{stderr[-3000:]}"
+        )
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
@@ -64,8 +68,17 @@ def launch(*args: str, cwd: Path) -> dict:
 def runs(teacher_checkpoint, tmp_path_factory) -> tuple[dict, dict]:
     root = tmp_path_factory.mktemp("ddp")
     ddp = launch("--mode", "ddp", "--teacher-checkpoint", str(teacher_checkpoint), "--out", str(root / "ddp"), cwd=root)
-    single = launch("--mode", "single", "--teacher-checkpoint", str(teacher_checkpoint),
-                    "--student-checkpoint", str(root / "ddp" / "student.ckpt"), "--out", str(root / "single"), cwd=root)
+    single = launch(
+        "--mode",
+        "single",
+        "--teacher-checkpoint",
+        str(teacher_checkpoint),
+        "--student-checkpoint",
+        str(root / "ddp" / "student.ckpt"),
+        "--out",
+        str(root / "single"),
+        cwd=root,
+    )
     return ddp, single
 
 
@@ -112,7 +125,10 @@ def test_validation_set_is_sharded_without_padding(runs):
 @pytest.mark.parametrize("name", ["val/acc", "val/f1", "val/agreement", "val/kl", "val/teacher_acc"])
 def test_validation_metrics_equal_single_process(runs, name):
     ddp, single = runs
-    assert close(ddp["val_metrics"][name], single["val_metrics"][name]), (ddp["val_metrics"][name], single["val_metrics"][name])
+    assert close(ddp["val_metrics"][name], single["val_metrics"][name]), (
+        ddp["val_metrics"][name],
+        single["val_metrics"][name],
+    )
 
 
 def test_validation_loss_is_synced_across_ranks(runs):
@@ -127,9 +143,20 @@ def test_probe_set_is_sharded_across_ranks(runs):
     assert single["probe_shard_sizes"] == [[31]]
 
 
-AGREEMENT = ["cosine", "rank_correlation", "pearson", "feature_agreement", "rank_agreement", "sign_agreement",
-             "signed_rank_agreement", "pairwise_rank_agreement", "nonfinite",
-             "chance_cosine", "chance_rank_correlation", "chance_feature_agreement"]
+AGREEMENT = [
+    "cosine",
+    "rank_correlation",
+    "pearson",
+    "feature_agreement",
+    "rank_agreement",
+    "sign_agreement",
+    "signed_rank_agreement",
+    "pairwise_rank_agreement",
+    "nonfinite",
+    "chance_cosine",
+    "chance_rank_correlation",
+    "chance_feature_agreement",
+]
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "saliency"])
@@ -138,7 +165,11 @@ def test_explanation_agreement_equals_single_process(runs, method):
     ddp, single = runs
     for metric in AGREEMENT:
         key = f"val/explain/{method}/{metric}"
-        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (key, ddp["val_metrics"][key], single["val_metrics"][key])
+        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (
+            key,
+            ddp["val_metrics"][key],
+            single["val_metrics"][key],
+        )
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "saliency"])
@@ -146,12 +177,35 @@ def test_faithfulness_and_prediction_agreement_equal_single_process(runs, method
     """Waits on the callback reducing sum and count over ranks (a mean of the two per-rank means is
     wrong for the uneven 16 / 15 shards)."""
     ddp, single = runs
-    keys = [f"val/explain/{method}/{role}_{name}" for role in ("teacher", "student") for name in ("deletion_auc", "insertion_auc")]
+    keys = [
+        f"val/explain/{method}/{role}_{name}"
+        for role in ("teacher", "student")
+        for name in ("deletion_auc", "insertion_auc")
+    ]
     for key in [*keys, "val/explain/prediction_agreement"]:
-        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (key, ddp["val_metrics"][key], single["val_metrics"][key])
+        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (
+            key,
+            ddp["val_metrics"][key],
+            single["val_metrics"][key],
+        )
     for role in ("teacher", "student"):  # noise differs per shard (see the module docstring)
         key = f"val/explain/{method}/{role}_infidelity"
         assert math.isfinite(ddp["val_metrics"][key]) and ddp["val_metrics"][key] >= 0
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "saliency"])
+def test_localisation_equals_single_process_and_stability_is_synced(runs, method):
+    """Localisation: per-probe scores against index-determined masks, summed over ranks: exact.
+    Stability: noise per shard (see the module docstring), but every rank took part in the sync."""
+    ddp, single = runs
+    for role in ("teacher", "student"):
+        for name in ("localisation_mass", "localisation_topk"):
+            key = f"val/explain/{method}/{role}_{name}"
+            assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (key, ddp["val_metrics"][key])
+            assert 0.0 <= ddp["val_metrics"][key] <= 1.0
+        sensitivity = ddp["val_metrics"][f"val/explain/{method}/{role}_sensitivity_max"]
+        agreement = ddp["val_metrics"][f"val/explain/{method}/{role}_self_agreement"]
+        assert math.isfinite(sensitivity) and sensitivity >= 0 and -1.0 <= agreement <= 1.0
 
 
 def test_surrogate_is_fitted_on_every_probe(runs):
@@ -159,7 +213,11 @@ def test_surrogate_is_fitted_on_every_probe(runs):
     before fitting the decision tree (else rank 0 fits its own 16 probes)."""
     ddp, single = runs
     for key in ("val/explain/surrogate/fidelity", "val/explain/surrogate/leaves"):
-        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (key, ddp["val_metrics"][key], single["val_metrics"][key])
+        assert close(ddp["val_metrics"][key], single["val_metrics"][key]), (
+            key,
+            ddp["val_metrics"][key],
+            single["val_metrics"][key],
+        )
 
 
 def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
@@ -167,10 +225,22 @@ def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
     config's callbacks and logger, the CLI's config saving and fit summary, no collective left
     waiting on one rank (waits on kdlight/reporting/artifacts.py not calling ``trainer.log_dir``, a broadcast,
     from ``save_config``, which runs on rank 0 only)."""
-    command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
-               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
-               "--trainer.enable_progress_bar=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "kdlight",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "digits" / "kd.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--model.init_args.teacher_checkpoint=null",
+        "--model.init_args.teacher_as_given=true",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.enable_progress_bar=false",
+    ]
     proc = run(command, tmp_path, timeout=180)  # about 15 s when it works
     assert proc.returncode == 0, proc.stderr[-6000:]
     run_dir = tmp_path / "runs" / "digits" / "kd"
@@ -184,10 +254,22 @@ def test_kdlight_cli_fit_runs_under_ddp(tmp_path):
 def test_teacher_cache_under_ddp(tmp_path):
     """``teacher_cache: memory`` with 2 CPU processes: each rank caches the samples of its shards
     (sample by sample, see tests/test_cache.py) and training runs to the end."""
-    command = [sys.executable, "-m", "kdlight", "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"),
-               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-               "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--model.init_args.teacher_cache=memory",
-               "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "kdlight",
+        "fit",
+        "-c",
+        str(REPO / "configs" / "digits" / "kd.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--model.init_args.teacher_checkpoint=null",
+        "--model.init_args.teacher_as_given=true",
+        "--model.init_args.teacher_cache=memory",
+        "--trainer.max_epochs=3",
+        "--trainer.enable_progress_bar=false",
+    ]
     proc = run(command, tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-6000:]
     metrics = pd.read_csv(tmp_path / "runs" / "digits" / "kd" / "version_0" / "metrics.csv")

@@ -5,6 +5,7 @@ cell tagged ``parameters``. Notebooks run in a temporary working directory, in o
 each (nbclient), with W&B offline. ``explanation_agreement.ipynb`` analyses the distillation run
 ``quickstart.ipynb`` wrote.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,10 +25,18 @@ CELL_TIMEOUT = 300  # seconds per cell; the whole file takes well under a minute
 
 #: small settings per notebook (a new notebook needs an entry here); "{workdir}" is the test's folder
 PARAMETERS: dict[str, dict] = {
-    "quickstart.ipynb": {"TEACHER_EPOCHS": 1, "STUDENT_EPOCHS": 2, "LIMIT_TRAIN_BATCHES": 4, "NUM_PROBES": 16,
-                         "OUT_DIR": "{workdir}/runs/quickstart"},
-    "explanation_agreement.ipynb": {"RUN_DIR": "{workdir}/runs/quickstart/kd", "SAMPLE_INDICES": [0, 1],
-                                    "METHOD": "saliency"},
+    "quickstart.ipynb": {
+        "TEACHER_EPOCHS": 1,
+        "STUDENT_EPOCHS": 2,
+        "LIMIT_TRAIN_BATCHES": 4,
+        "NUM_PROBES": 16,
+        "OUT_DIR": "{workdir}/runs/quickstart",
+    },
+    "explanation_agreement.ipynb": {
+        "RUN_DIR": "{workdir}/runs/quickstart/kd",
+        "SAMPLE_INDICES": [0, 1],
+        "METHOD": "saliency",
+    },
 }
 #: notebooks whose outputs a notebook needs (run first, in the same working directory)
 NEEDS = {"explanation_agreement.ipynb": ["quickstart.ipynb"]}
@@ -65,8 +74,12 @@ def _execute(nb, cwd: Path) -> None:
     # are tiny, and on a busy shared 2-core machine two OpenMP threads made a forward pass of the
     # digits CNN ~40x slower (0.24 s instead of 6 ms) than one.
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning")
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    env.update(
+        WANDB_MODE="offline", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning"
+    )
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute(env=env)
 
 
@@ -120,8 +133,9 @@ def test_explanation_agreement_shows_figures(run_notebook):
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))
 def test_out_of_range_parameters_raise_value_error(name, tmp_path):
-    nb = _with_parameters(REPO / "notebooks" / name, {**PARAMETERS[name], **BAD_VALUES[name]}, tmp_path,
-                          upto="validate-parameters")
+    nb = _with_parameters(
+        REPO / "notebooks" / name, {**PARAMETERS[name], **BAD_VALUES[name]}, tmp_path, upto="validate-parameters"
+    )
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="ValueError"):
         _execute(nb, tmp_path)
 
@@ -131,5 +145,7 @@ def test_notebooks_are_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: run python scripts/strip_notebooks.py"
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name}: run python scripts/strip_notebooks.py"
+            )
     assert not strip_notebooks.needs_stripping(path), f"{path.name}: run python scripts/strip_notebooks.py"

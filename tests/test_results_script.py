@@ -1,4 +1,5 @@
 """scripts/results.py and scripts/shortcut_benchmark.py: tiny end-to-end runs and argument checks."""
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,36 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 def test_results_script_tiny_run_writes_the_table(tmp_path, keep_threads):
     out = tmp_path / "RESULTS.md"
     out.write_text("# Results\n\nhand-written intro\n")
-    argv = ["--dataset", "digits", "--quick", "--limit-batches", "1", "--eval-limit", "32",
-            "--configs", "scratch", "--output", str(out), "--runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "--dataset",
+        "digits",
+        "--quick",
+        "--limit-batches",
+        "1",
+        "--eval-limit",
+        "32",
+        "--configs",
+        "scratch",
+        "--output",
+        str(out),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     results.main(argv)
     text = out.read_text()
     assert "hand-written intro" in text  # the rest of the file is kept
     assert "<!-- BEGIN results:digits -->" in text and "<!-- END results:digits -->" in text
     assert "Command: `python scripts/results.py " + " ".join(argv[:4]) in text
     rows = table_rows(text)
-    assert rows["model"] == ["params", "test acc", "macro-F1", "top-1 agreement", "KL(t‖s)",
-                             "saliency rank corr.", "IG cosine"]
+    assert rows["model"] == [
+        "params",
+        "test acc",
+        "macro-F1",
+        "top-1 agreement",
+        "KL(t‖s)",
+        "saliency rank corr.",
+        "IG cosine",
+    ]
     assert set(rows) == {"model", "teacher (CNN)", "scratch (MLP)", "untrained MLP (chance)"}
     assert all(len(cells) == 7 for cells in rows.values())
     assert rows["teacher (CNN)"][3] == "100.0 %"  # agrees with itself
@@ -57,8 +78,17 @@ def test_results_script_tiny_run_writes_the_table(tmp_path, keep_threads):
 
 def test_shortcut_benchmark_tiny_run_writes_the_table(tmp_path, keep_threads):
     out = tmp_path / "RESULTS.md"
-    argv = ["--quick", "--limit-batches", "1", "--eval-limit", "32", "--output", str(out),
-            "--runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "--quick",
+        "--limit-batches",
+        "1",
+        "--eval-limit",
+        "32",
+        "--output",
+        str(out),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     shortcut_benchmark.main(argv)
     text = out.read_text()
     assert "<!-- BEGIN results:shortcut -->" in text
@@ -83,18 +113,24 @@ def test_cue_mass_is_the_share_of_attribution_in_the_mask():
 
 
 def test_run_overrides_redirect_every_output_and_set_the_seed(tmp_path):
-    args = results.run_overrides(REPO / "configs/digits/kd.yaml", tmp_path / "run", 7,
-                                 teacher_checkpoint=tmp_path / "t.ckpt", epochs=3)
+    args = results.run_overrides(
+        REPO / "configs/digits/kd.yaml", tmp_path / "run", 7, teacher_checkpoint=tmp_path / "t.ckpt", epochs=3
+    )
     assert "--seed_everything=7" in args and "--data.init_args.seed=7" in args
     assert f"--run_dir={tmp_path / 'run'}" in args  # the one knob: logs and checkpoints follow it
     assert f"--model.init_args.teacher_checkpoint={tmp_path / 't.ckpt'}" in args
     assert "--trainer.max_epochs=3" in args and "--trainer.enable_progress_bar=false" in args
     callbacks = json.loads(next(a for a in args if a.startswith("--trainer.callbacks=")).split("=", 1)[1])
-    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == ["ModelCheckpoint", "ModelCheckpoint"]  # best, last
+    assert [c["class_path"].rsplit(".", 1)[1] for c in callbacks] == [
+        "ModelCheckpoint",
+        "ModelCheckpoint",
+    ]  # best, last
     kept = results.run_overrides(REPO / "configs/digits/kd.yaml", tmp_path, 0, explain_callback=True)
     assert "ExplanationAgreement" in next(a for a in kept if a.startswith("--trainer.callbacks="))
     # a ClassifierModule config takes no teacher checkpoint
-    scratch = results.run_overrides(REPO / "configs/digits/scratch.yaml", tmp_path, 0, teacher_checkpoint=tmp_path / "t.ckpt")
+    scratch = results.run_overrides(
+        REPO / "configs/digits/scratch.yaml", tmp_path, 0, teacher_checkpoint=tmp_path / "t.ckpt"
+    )
     assert not any("teacher_checkpoint" in a for a in scratch)
 
 

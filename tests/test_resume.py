@@ -14,6 +14,7 @@ What makes this exact (``deterministic: true`` in the configs):
   restored when training starts, so dropout draws on as in an uninterrupted run (single process;
   under DDP a resumed fit re-seeds).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,10 +32,11 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from conftest import REPO
 from kdlight.cli import main
 from kdlight.data import DigitsDataModule
 from kdlight.data.base import EpochShuffleSampler
+
+from conftest import REPO
 
 DIGITS = REPO / "configs" / "digits"
 TEACHER = Path("runs/digits/teacher/best.ckpt")  # where the digits distillation configs read the teacher
@@ -76,7 +78,9 @@ def csv_rows(path: Path) -> pd.DataFrame:
 
 def row_set(frame: pd.DataFrame) -> list[str]:
     """The rows of ``frame`` as canonical strings of their non-empty cells, sorted."""
-    return sorted(repr(sorted((str(k), repr(v)) for k, v in row.items() if pd.notna(v))) for row in frame.to_dict("records"))
+    return sorted(
+        repr(sorted((str(k), repr(v)) for k, v in row.items() if pd.notna(v))) for row in frame.to_dict("records")
+    )
 
 
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -130,9 +134,13 @@ def final_state(cli) -> dict:
     """Where a fit ended: the module's weights (student, teacher, regressor), the optimizer's state,
     the counters and the best monitored score."""
     trainer = cli.trainer
-    return {"model": copy.deepcopy(cli.model.state_dict()), "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
-            "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-            "best_score": trainer.checkpoint_callback.best_model_score}
+    return {
+        "model": copy.deepcopy(cli.model.state_dict()),
+        "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_score": trainer.checkpoint_callback.best_model_score,
+    }
 
 
 def assert_same_end(straight: dict, resumed_cli, resumed_rows: pd.DataFrame) -> None:
@@ -249,11 +257,22 @@ def test_killed_and_resumed_fit_equals_uninterrupted_fit(teacher, straight, tmp_
     config = "hint"
     with working_dir(tmp_path / "resumed"):
         place_teacher(teacher)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-                   OMP_NUM_THREADS=str(torch.get_num_threads()))  # same float summation order as in-process runs
-        args = [sys.executable, "-m", "kdlight", "fit", "-c", str(DIGITS / f"{config}.yaml"), *SHORT,
-                f"--trainer.max_epochs={EPOCHS}",
-                '--trainer.callbacks+={"class_path": "test_resume.KillInEpoch", "init_args": {"epoch": 2, "batch": 2}}']
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+            OMP_NUM_THREADS=str(torch.get_num_threads()),
+        )  # same float summation order as in-process runs
+        args = [
+            sys.executable,
+            "-m",
+            "kdlight",
+            "fit",
+            "-c",
+            str(DIGITS / f"{config}.yaml"),
+            *SHORT,
+            f"--trainer.max_epochs={EPOCHS}",
+            '--trainer.callbacks+={"class_path": "test_resume.KillInEpoch", "init_args": {"epoch": 2, "batch": 2}}',
+        ]
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
         assert load(run_dir(config) / "last.ckpt")["epoch"] <= 1  # nothing of the killed epoch 2 was saved
@@ -270,7 +289,7 @@ def test_checkpoint_holds_the_teacher_weights(teacher, straight):
     with working_dir(straight("hint")["dir"]):
         state = load(run_dir("hint") / "last.ckpt")["state_dict"]
     source = _extract_state_dict(load(teacher), teacher)  # the ClassifierModule's network
-    saved = {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}
+    saved = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
     tensors_equal(saved, source, "teacher")
 
 
@@ -281,7 +300,9 @@ def test_resume_uses_the_checkpointed_teacher_not_a_changed_teacher_file(teacher
         place_teacher(teacher)
         fit("hint", "--trainer.max_epochs=2")
         other = load(TEACHER)
-        other["state_dict"] = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+        other["state_dict"] = {
+            k: torch.randn_like(v) if v.is_floating_point() else v for k, v in other["state_dict"].items()
+        }
         torch.save(other, TEACHER)
         cli, rows = resume("hint")
     assert_same_end(straight("hint"), cli, rows)

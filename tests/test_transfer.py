@@ -1,4 +1,5 @@
 """Unlabeled transfer sets and function matching (teacher and student see the same view)."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,21 +41,29 @@ def test_digits_transfer_views_are_deterministic_and_valid():
     assert torch.equal(views[3][0], DigitsDataModule(transfer_size=64).transfer_dataset()[3][0])
     x = torch.stack([views[i][0] for i in range(64)])
     assert x.shape == (64, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
-    with pytest.raises(ValueError, match=r"unknown transfer augmentation\(s\) \['rotate'\]; valid ones are: shift, noise, mixup"):
+    with pytest.raises(
+        ValueError, match=r"unknown transfer augmentation\(s\) \['rotate'\]; valid ones are: shift, noise, mixup"
+    ):
         DigitsDataModule(transfer_size=8, transfer_augmentations=["rotate"]).transfer_dataset()
 
 
 def mixed_step() -> DistillStep:
     g = torch.Generator().manual_seed(0)
     target = torch.tensor([1, 0, 2, UNLABELED, UNLABELED, UNLABELED])
-    return DistillStep(inputs=torch.zeros(6, 2), target=target, student_logits=torch.randn(6, 3, generator=g),
-                       teacher_logits=torch.randn(6, 3, generator=g))
+    return DistillStep(
+        inputs=torch.zeros(6, 2),
+        target=target,
+        student_logits=torch.randn(6, 3, generator=g),
+        teacher_logits=torch.randn(6, 3, generator=g),
+    )
 
 
 def test_label_terms_see_only_labeled_samples_and_say_so():
     step = mixed_step()
     (ce,) = CrossEntropy()(step)
-    assert ce.samples == "labeled" and torch.allclose(ce.value, F.cross_entropy(step.student_logits[:3], step.target[:3]))
+    assert ce.samples == "labeled" and torch.allclose(
+        ce.value, F.cross_entropy(step.student_logits[:3], step.target[:3])
+    )
     terms = {t.name: t for t in DKD(warmup_epochs=0)(step)}
     expected = dkd_loss(step.student_logits[:3], step.teacher_logits[:3], step.target[:3])
     assert terms["dkd"].samples == "labeled" and torch.allclose(terms["dkd"].value, expected)
@@ -63,7 +72,9 @@ def test_label_terms_see_only_labeled_samples_and_say_so():
 
 def test_distillation_with_a_transfer_set_logs_what_each_term_saw():
     dm = DigitsDataModule(batch_size=32, transfer_size=96)
-    module = DistillationModule(digits_teacher(), digits_student(), objective=KD(), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=KD(), optimizer=adam, teacher_as_given=True
+    )
     trainer = tiny_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     m = trainer.callback_metrics
@@ -87,7 +98,10 @@ class BadTransfer(LightningDataModule):
     "transfer,message",
     [
         (TensorDataset(torch.rand(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)), "must yield unlabeled inputs only"),
-        (TensorDataset(torch.rand(16, 1, 4, 4)), r"transfer inputs have shape \(1, 4, 4\) per sample but labeled inputs \(1, 8, 8\)"),
+        (
+            TensorDataset(torch.rand(16, 1, 4, 4)),
+            r"transfer inputs have shape \(1, 4, 4\) per sample but labeled inputs \(1, 8, 8\)",
+        ),
     ],
 )
 def test_bad_transfer_loaders_are_clear_errors(transfer, message):
@@ -99,9 +113,13 @@ def test_bad_transfer_loaders_are_clear_errors(transfer, message):
 def test_function_matching_feeds_teacher_and_student_the_same_mixed_view():
     seen: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
     teacher, student = digits_teacher(), digits_student()
-    teacher.register_forward_pre_hook(lambda m, a: seen["teacher"].append(a[0].clone()) if torch.is_grad_enabled() is False else None)
+    teacher.register_forward_pre_hook(
+        lambda m, a: seen["teacher"].append(a[0].clone()) if torch.is_grad_enabled() is False else None
+    )
     student.register_forward_pre_hook(lambda m, a: seen["student"].append(a[0].clone()) if m.training else None)
-    module = DistillationModule(teacher, student, objective=KD(), batch_transform=MixUp(alpha=1.0), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        teacher, student, objective=KD(), batch_transform=MixUp(alpha=1.0), optimizer=adam, teacher_as_given=True
+    )
     dm = DigitsDataModule(batch_size=16)
     trainer = tiny_trainer(max_steps=2, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
@@ -115,7 +133,9 @@ def test_function_matching_feeds_teacher_and_student_the_same_mixed_view():
 
 def test_function_matching_or_transfer_refuse_the_cache():
     with pytest.raises(ValueError, match="cannot be combined with batch_transform"):
-        module = DistillationModule(digits_teacher(), digits_student(), batch_transform=MixUp(), teacher_cache="memory", teacher_as_given=True)
+        module = DistillationModule(
+            digits_teacher(), digits_student(), batch_transform=MixUp(), teacher_cache="memory", teacher_as_given=True
+        )
         tiny_trainer(max_steps=1).fit(module, datamodule=DigitsDataModule())
     with pytest.raises(ValueError, match="does not cover transfer sets"):
         module = DistillationModule(digits_teacher(), digits_student(), teacher_cache="memory", teacher_as_given=True)

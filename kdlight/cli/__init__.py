@@ -1,4 +1,5 @@
 """The ``kdlight`` command: a LightningCLI with fit / validate / test / predict."""
+
 from __future__ import annotations
 
 import logging
@@ -8,14 +9,13 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from kdlight.reporting.artifacts import LoggerSaveConfigCallback
 from kdlight.cli.errors import check_trainer_config, explain
 from kdlight.core.errors import NonFiniteLossError
+from kdlight.reporting.artifacts import LoggerSaveConfigCallback
 from kdlight.reporting.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name
 from kdlight.reporting.summary import FitSummary
 
@@ -47,10 +47,18 @@ class KDLightCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_dir", type=Optional[str], default=None,
-                            help="Directory that names the run: each fit writes <run_dir>/version_<n>/ (see kdlight.reporting.runs)")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="Allow resuming a checkpoint in place although its run went on to later epochs")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Directory that names the run: each fit writes <run_dir>/version_<n>/ (see kdlight.reporting.runs)",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Allow resuming a checkpoint in place although its run went on to later epochs",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the config's model by the one stored in ``--ckpt_path``; refuse when
@@ -69,7 +77,9 @@ class KDLightCLI(LightningCLI):
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            first = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(err).__name__)
+            first = next(
+                (line for line in lines if "global" in line.lower()), lines[0] if lines else type(err).__name__
+            )
             first = first.split(" Please")[0]
             raise ValueError(
                 f"--ckpt_path {ckpt_path} holds objects other than weights ({first[:160]}); kdlight loads "
@@ -123,8 +133,17 @@ def _as_dict(value) -> object:
 
 
 #: model settings that may differ between a checkpoint and the config that evaluates or resumes it
-_MAY_DIFFER = {"teacher_checkpoint", "optimizer", "lr_scheduler", "lr_scheduler_interval", "check_finite",
-               "teacher_cache", "cache_augmented", "teacher_as_given", "allow_teacher_data_overlap"}
+_MAY_DIFFER = {
+    "teacher_checkpoint",
+    "optimizer",
+    "lr_scheduler",
+    "lr_scheduler_interval",
+    "check_finite",
+    "teacher_cache",
+    "cache_augmented",
+    "teacher_as_given",
+    "allow_teacher_data_overlap",
+}
 
 
 def model_differences(given: object, stored: object, where: str = "model") -> list[str]:
@@ -142,7 +161,9 @@ def model_differences(given: object, stored: object, where: str = "model") -> li
         return found
     if isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)) and len(given) == len(stored):
         return [d for i, (g, s) in enumerate(zip(given, stored)) for d in model_differences(g, s, f"{where}[{i}]")]
-    same = given == stored or (isinstance(given, (int, float)) and isinstance(stored, (int, float)) and float(given) == float(stored))
+    same = given == stored or (
+        isinstance(given, (int, float)) and isinstance(stored, (int, float)) and float(given) == float(stored)
+    )
     return [] if same else [f"{where.removesuffix('.class_path')}: {stored} vs {given}"]
 
 

@@ -7,6 +7,7 @@ below reads one kind of mistake from the parsed message and returns None for any
 
 :func:`check_trainer_config` catches trainer settings that Lightning reports late or obscurely.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -21,10 +22,27 @@ from dataclasses import dataclass
 from typing import Any
 
 #: packages searched for the classes a ``class_path`` may name
-PACKAGES = ("kdlight", "kdlight.models", "kdlight.objectives", "kdlight.data", "kdlight.explain", "kdlight.core.schedules")
+PACKAGES = (
+    "kdlight",
+    "kdlight.models",
+    "kdlight.objectives",
+    "kdlight.data",
+    "kdlight.explain",
+    "kdlight.core.schedules",
+)
 #: keys of a subcommand's config besides trainer/model/data arguments
-TOP_LEVEL_KEYS = ("config", "print_config", "seed_everything", "trainer", "model", "data", "ckpt_path",
-                  "weights_only", "run_dir", "overwrite")
+TOP_LEVEL_KEYS = (
+    "config",
+    "print_config",
+    "seed_everything",
+    "trainer",
+    "model",
+    "data",
+    "ckpt_path",
+    "weights_only",
+    "run_dir",
+    "overwrite",
+)
 MAX_LISTED = 12  # names listed after a suggestion
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":.*')
@@ -100,7 +118,7 @@ def _key_block(lines: list[Line], index: int) -> list[Line]:
     if start is None:
         return lines
     end = next((j for j in range(start + 1, len(lines)) if lines[j].indent <= lines[start].indent), len(lines))
-    return lines[start + 1:end]
+    return lines[start + 1 : end]
 
 
 def expected_types(lines: list[Line], index: int) -> list[str]:
@@ -108,7 +126,7 @@ def expected_types(lines: list[Line], index: int) -> list[str]:
     start = _key_block_start(lines, index)
     for i in range(index - 1, -1 if start is None else start, -1):
         if lines[i].indent < lines[index].indent and lines[i].text.startswith("Subtypes: ["):
-            return split_top_level(lines[i].text[len("Subtypes: ["):-1])
+            return split_top_level(lines[i].text[len("Subtypes: [") : -1])
     return []
 
 
@@ -126,7 +144,7 @@ def given_value(lines: list[Line], index: int) -> str | None:
     values = [line for line in _key_block(lines, index) if line.text.startswith("Given value: ")]
     if not values:
         return None
-    value = min(values, key=lambda line: line.indent).text[len("Given value: "):]
+    value = min(values, key=lambda line: line.indent).text[len("Given value: ") :]
     nested = re.fullmatch(r"NestedArg\(key='([^']*)', val=(.*)\)", value)
     return nested[1] + "=" + nested[2].strip("'") if nested else value
 
@@ -303,7 +321,7 @@ def yaml_syntax_error(lines: list[Line]) -> str | None:
     """A config file that is not valid YAML."""
     if not lines or not lines[0].text.startswith("Problems parsing config:"):
         return None
-    text = " ".join(line.text for line in lines)[len("Problems parsing config:"):]
+    text = " ".join(line.text for line in lines)[len("Problems parsing config:") :]
     where = re.findall(r'in "<unicode string>", (line \d+, column \d+)', text)
     problem = re.sub(r'\s*in "<unicode string>", line \d+, column \d+', "", text).strip()
     return f"a config file is not valid YAML: {problem}" + (f" (at {where[-1]})" if where else "")
@@ -334,8 +352,11 @@ def invalid_choice_error(lines: list[Line]) -> str | None:
         return None
     choices = [c.strip(" '") for c in match[3].split(",")]
     hint = suggest(match[2], choices)
-    return (f"unknown {match[1]} '{match[2]}'" + (f"; did you mean '{hint}'?" if hint else "")
-            + f" (choose from {', '.join(choices)})")
+    return (
+        f"unknown {match[1]} '{match[2]}'"
+        + (f"; did you mean '{hint}'?" if hint else "")
+        + f" (choose from {', '.join(choices)})"
+    )
 
 
 def unrecognized_arguments_error(lines: list[Line]) -> str | None:
@@ -372,8 +393,11 @@ def unknown_key_error(lines: list[Line]) -> str | None:
     if head == "trainer" and rest:
         return unknown_group_option(head, rest)
     hint = suggest(head, TOP_LEVEL_KEYS)
-    return f"unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else "") + listing(
-        list(TOP_LEVEL_KEYS), "top-level keys")
+    return (
+        f"unknown key '{key}'"
+        + (f"; did you mean '{hint}'?" if hint else "")
+        + listing(list(TOP_LEVEL_KEYS), "top-level keys")
+    )
 
 
 def unknown_group_option(group: str, option: str) -> str:
@@ -392,8 +416,11 @@ def unknown_init_arg_error(lines: list[Line]) -> str | None:
     name = match[1].split(".")[0]
     accepted = init_arguments(class_path)
     hint = suggest(name, accepted)
-    return (f"{key_path(lines, index)}.init_args.{match[1]}: {class_path} takes no argument '{name}'"
-            + (f"; did you mean '{hint}'?" if hint else "") + listing(accepted, "it takes"))
+    return (
+        f"{key_path(lines, index)}.init_args.{match[1]}: {class_path} takes no argument '{name}'"
+        + (f"; did you mean '{hint}'?" if hint else "")
+        + listing(accepted, "it takes")
+    )
 
 
 def unknown_module_error(lines: list[Line]) -> str | None:
@@ -405,12 +432,14 @@ def unknown_module_error(lines: list[Line]) -> str | None:
     missing, where = match[1], key_path(lines, index)
     if not (class_path == missing or class_path.startswith(missing + ".")):
         return f"{where}: importing {class_path} failed: No module named '{missing}' (a missing dependency?)"
-    hint = suggest_module(missing, class_path[len(missing):])
-    fixed = f"; did you mean {hint + class_path[len(missing):]}?" if hint else ""
+    hint = suggest_module(missing, class_path[len(missing) :])
+    fixed = f"; did you mean {hint + class_path[len(missing) :]}?" if hint else ""
     base = expected_base(lines, index)
     valid = class_listing(known_subclasses(base), f"{base} classes in kdlight") if not fixed else ""
-    return (f"{where}: cannot import {class_path}: no module named '{missing}'{fixed}"
-            f"{'' if fixed else ' (is it installed and on the Python path?)'}{valid}")
+    return (
+        f"{where}: cannot import {class_path}: no module named '{missing}'{fixed}"
+        f"{'' if fixed else ' (is it installed and on the Python path?)'}{valid}"
+    )
 
 
 def _failed_class(lines: list[Line], index: int) -> str | None:
@@ -428,21 +457,25 @@ def unknown_class_error(lines: list[Line]) -> str | None:
         base = expected_base(lines, index)
         where = key_path(lines, index)
         if class_path != f"{module}.{missing}":  # a module in the middle of the path is wrong
-            rest = class_path[len(module) + len(missing) + 1:]
+            rest = class_path[len(module) + len(missing) + 1 :]
             hint = suggest_module(f"{module}.{missing}", rest)
             return f"{where}: unknown module {module}.{missing} in {class_path}" + (
-                f"; did you mean {hint}{rest}?" if hint else "")
+                f"; did you mean {hint}{rest}?" if hint else ""
+            )
         candidates = exported_classes(module, base) or exported_classes(module)
-        return (f"{where}: unknown class {class_path}{did_you_mean(missing, candidates, _short)}"
-                + listing([_short(c) for c in candidates], f"{module} has"))
+        return f"{where}: unknown class {class_path}{did_you_mean(missing, candidates, _short)}" + listing(
+            [_short(c) for c in candidates], f"{module} has"
+        )
     found = _deepest(lines, re.compile(r"^Expected a dot import path string: (\S+)$"))
     if not found or not _only_classes(expected_types(lines, found[0])):
         return None
     index, match = found
     base = expected_base(lines, index)
     candidates = known_subclasses(base)
-    return (f"{key_path(lines, index)}: unknown class {match[1]}{did_you_mean(match[1], candidates, _short)}"
-            + class_listing(candidates, f"{base} classes"))
+    return (
+        f"{key_path(lines, index)}: unknown class {match[1]}{did_you_mean(match[1], candidates, _short)}"
+        + class_listing(candidates, f"{base} classes")
+    )
 
 
 def _only_classes(types: list[str]) -> bool:
@@ -460,8 +493,9 @@ def not_a_subclass_error(lines: list[Line]) -> str | None:
     index, match = found
     class_path = match[1] or given_value(lines, index) or "the class"
     base = match[2]
-    return (f"{key_path(lines, index)}: {class_path} is not a subclass of {base}"
-            + class_listing(known_subclasses(base), f"{base} classes in kdlight"))
+    return f"{key_path(lines, index)}: {class_path} is not a subclass of {base}" + class_listing(
+        known_subclasses(base), f"{base} classes in kdlight"
+    )
 
 
 def nested_argument_error(lines: list[Line]) -> str | None:
@@ -473,8 +507,10 @@ def nested_argument_error(lines: list[Line]) -> str | None:
     index, match = found
     key, (name, _, val) = key_path(lines, index), value.partition("=")
     flag = f"--{key}.init_args.{name}={val}"
-    return (f"{key}: {flag} cannot reach the {_short(match[1])} of the config; "
-            f"name its class first: --{key}=<class_path> {flag}")
+    return (
+        f"{key}: {flag} cannot reach the {_short(match[1])} of the config; "
+        f"name its class first: --{key}=<class_path> {flag}"
+    )
 
 
 def wrong_type_error(lines: list[Line]) -> str | None:
@@ -539,8 +575,13 @@ def explain(message: str) -> str:
 
 def fallback(lines: list[Line]) -> str:
     """The most indented informative line, with its key and the rejected value."""
-    useful = [i for i, line in enumerate(lines) if not _NOISE.fullmatch(line.text)
-              and not _PARSER_KEY.fullmatch(line.text) and not _CLASS_PATH.fullmatch(line.text)]
+    useful = [
+        i
+        for i, line in enumerate(lines)
+        if not _NOISE.fullmatch(line.text)
+        and not _PARSER_KEY.fullmatch(line.text)
+        and not _CLASS_PATH.fullmatch(line.text)
+    ]
     if not useful:
         return lines[0].text
     index = max(useful, key=lambda i: (lines[i].indent, -i))

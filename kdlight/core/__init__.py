@@ -1,2 +1,3 @@
-"""Contracts shared by every layer, with no Lightning in sight: the distillation step record,
-schedules, errors, random state and weight loading."""
+"""Contracts shared by every layer, with no Lightning in sight: the batch contract (batch.py), the
+data-module protocol (datamodule.py), input modalities (modality/), layer lookup (layers.py), the
+distillation step record (step.py), schedules, errors, random state and weight loading (weights.py)."""

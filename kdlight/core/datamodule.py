@@ -151,6 +151,13 @@ class DataCapabilities:
         method = self._method("transfer_dataset")
         return None if method is None else method()
 
+    def ground_truth_masks(self, split: str, indices: Tensor) -> Tensor | None:
+        """Boolean masks of the features known to matter for samples ``indices`` (rows of
+        ``split``), broadcastable to their attribution maps (``ground_truth_masks(split, indices)``,
+        e.g. the shortcut digits' cue pixel); ``None`` when the data module knows none."""
+        method = self._method("ground_truth_masks")
+        return None if method is None else method(split, indices)
+
     # -- reading ----------------------------------------------------------------------------
     def _attribute(self, name: str) -> Any:
         return getattr(self.datamodule, name, None)

@@ -1,4 +1,5 @@
 """Errors kdlight raises for problems a user can fix, and the finite-loss guard."""
+
 from __future__ import annotations
 
 import torch

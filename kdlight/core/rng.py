@@ -1,4 +1,5 @@
 """The process's random-number generator states as plain tensors and numbers (checkpoint-safe)."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """Values that change over training: loss weights and temperatures per epoch or step."""
+
 from __future__ import annotations
 
 import math

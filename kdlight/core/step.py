@@ -1,11 +1,11 @@
 """The record one distillation step hands to an objective."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-
 
 #: label of a sample that has none (transfer sets, mixed inputs); label terms skip it
 UNLABELED = -1

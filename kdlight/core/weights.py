@@ -1,4 +1,5 @@
 """Loading teacher weights from a Lightning checkpoint or a plain ``state_dict`` file."""
+
 from __future__ import annotations
 
 import re
@@ -19,12 +20,19 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
         state = obj["state_dict"]
         for prefix in _PREFIXES:
             if any(k.startswith(prefix) for k in state):
-                return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         return dict(state)
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
-    nested = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())] \
-        if isinstance(obj, dict) else []
+    nested = (
+        [
+            k
+            for k, v in obj.items()
+            if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+        ]
+        if isinstance(obj, dict)
+        else []
+    )
     where = f" (a dict whose state_dict seems to be under key {nested[0]!r}: save that one)" if nested else ""
     raise ValueError(
         f"teacher checkpoint {path} holds neither a Lightning checkpoint nor a state_dict "

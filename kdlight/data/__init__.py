@@ -6,6 +6,7 @@ only, else ``None``), ``augmented`` and ``indexed_batches``; plus ``example_inpu
 ``train_inputs()`` and ``split_tensors(split)`` (which load the data lazily if needed). Loaders
 yield named batches ``{"inputs", "target", "index"}``, read with :func:`kdlight.core.batch.as_batch`.
 """
+
 from kdlight.data.base import ArrayDataModule, stratified_split
 from kdlight.data.breast_cancer import BreastCancerDataModule
 from kdlight.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataset, random_crop_flip

@@ -1,4 +1,5 @@
 """Shared logic for the in-memory data modules: stratified splits, datasets and named-batch loaders."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """scikit-learn's bundled Wisconsin breast-cancer table (569 samples, 30 features, 2 classes)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,9 @@ class BreastCancerDataModule(ArrayDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, val_fraction=val_fraction)
         if not 0.0 < test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
-            raise ValueError(f"need 0 < test_fraction and val_fraction + test_fraction < 1, got {val_fraction}, {test_fraction}")
+            raise ValueError(
+                f"need 0 < test_fraction and val_fraction + test_fraction < 1, got {val_fraction}, {test_fraction}"
+            )
         from sklearn.datasets import load_breast_cancer
 
         self.test_fraction = test_fraction

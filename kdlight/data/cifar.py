@@ -4,6 +4,7 @@ kdlight never downloads data: get ``cifar-10-python.tar.gz`` / ``cifar-100-pytho
 https://www.cs.toronto.edu/~kriz/cifar.html, extract it, and point ``data_dir`` at the extracted
 folder (``cifar-10-batches-py`` / ``cifar-100-python``) or at its parent.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -208,7 +209,11 @@ class _CIFARDataModule(ArrayDataModule):
             if all((cand / f).is_file() for f in files):
                 return cand
         present = next((c for c in candidates if c.is_dir() and any((c / f).exists() for f in files)), None)
-        missing = "" if present is None else f" (in '{present}' these are missing: {[f for f in files if not (present / f).is_file()]})"
+        missing = (
+            ""
+            if present is None
+            else f" (in '{present}' these are missing: {[f for f in files if not (present / f).is_file()]})"
+        )
         raise FileNotFoundError(
             f"{self.dataset_name} not found under data_dir='{root}'{missing}. Put the folder '{self.folder}' "
             f"containing {', '.join(files)} at '{root / self.folder}' (or pass data_dir pointing at that folder "

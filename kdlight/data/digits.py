@@ -1,4 +1,5 @@
 """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,7 +68,9 @@ class DigitsDataModule(ArrayDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, val_fraction=val_fraction)
         if not 0.0 < test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
-            raise ValueError(f"need 0 < test_fraction and val_fraction + test_fraction < 1, got {val_fraction}, {test_fraction}")
+            raise ValueError(
+                f"need 0 < test_fraction and val_fraction + test_fraction < 1, got {val_fraction}, {test_fraction}"
+            )
         self.test_fraction = test_fraction
         self.transfer_size = check_transfer_size(transfer_size)
         self.transfer_augmentations = list(transfer_augmentations or AUGMENTATIONS)

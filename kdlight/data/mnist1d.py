@@ -1,4 +1,5 @@
 """MNIST-1D (Greydanus & Kobak), generated locally with the ``mnist1d`` package (never downloaded)."""
+
 from __future__ import annotations
 
 import random
@@ -67,7 +68,9 @@ class MNIST1DDataModule(ArrayDataModule):
             raise ValueError(f"train_split must be in (0, 1), got {train_split}")
         self.transfer_size = check_transfer_size(transfer_size)
         if transfer_size is not None and transfer_seed == data_seed:
-            raise ValueError(f"transfer_seed must differ from data_seed ({data_seed}), else the transfer set repeats the labeled data")
+            raise ValueError(
+                f"transfer_seed must differ from data_seed ({data_seed}), else the transfer set repeats the labeled data"
+            )
         self.transfer_seed = transfer_seed
         self.data_seed = data_seed
         self.num_samples = num_samples
@@ -86,7 +89,11 @@ class MNIST1DDataModule(ArrayDataModule):
         val_idx, train_idx = stratified_split(y, [self.val_fraction], self.seed)
         test_idx = np.arange(len(y_test))
         # train/val index the mnist1d "x"/"y" arrays, test indexes "x_test"/"y_test"
-        self.split_indices = {"train": train_idx, "val": val_idx if self.val_fraction > 0 else test_idx, "test": test_idx}
+        self.split_indices = {
+            "train": train_idx,
+            "val": val_idx if self.val_fraction > 0 else test_idx,
+            "test": test_idx,
+        }
         tr, va = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
         splits = {"train": (x[tr], y[tr]), "test": (x_test, y_test)}
         splits["val"] = (x[va], y[va]) if self.val_fraction > 0 else splits["test"]

@@ -17,6 +17,7 @@ clockwise from the top-left corner) and class ``c`` owns pixel ``floor((c + 0.5)
 the ``n`` region pixels (``K`` classes). For ``sides`` that is rows 0, 2, 4, 5, 7 of column 0
 for classes 0-4 and the same rows of column 7 for classes 5-9.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,8 +76,13 @@ class ShortcutDigitsDataModule(DigitsDataModule):
         clean: bool = False,
         test_cue: str = "random",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         val_fraction=val_fraction, test_fraction=test_fraction)
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+        )
         if not 0.0 <= cue_strength <= 1.0:
             raise ValueError(f"cue_strength must be in [0, 1], got {cue_strength}")
         if not 0.0 < cue_value <= 1.0:

@@ -1,6 +1,6 @@
 """Explanations of teacher and student: Captum methods, agreement metrics, the callback.
 
-Names are imported on first use, so ``import kdlight.explain.methods`` or
+Names are imported on first use, so ``import kdlight.explain.attribution`` or
 ``kdlight.explain.metrics`` (torch only) does not import the callback, Lightning, pandas or PIL.
 """
 
@@ -9,27 +9,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = [
-    "ExplanationAgreement",
-    "AttributionConfig",
-    "attribute",
-    "input_gradient_map",
-    "method_names",
-    "AgreementCollection",
-    "AgreementMean",
-    "PerClassAgreement",
-]
+_ATTRIBUTION = "kdlight.explain.attribution"
+_METRICS = "kdlight.explain.metrics"
 
 _LAZY = {
     "ExplanationAgreement": "kdlight.explain.callback",
-    "AttributionConfig": "kdlight.explain.methods",
-    "attribute": "kdlight.explain.methods",
-    "input_gradient_map": "kdlight.explain.methods",
-    "method_names": "kdlight.explain.methods",
-    "AgreementCollection": "kdlight.explain.metrics",
-    "AgreementMean": "kdlight.explain.metrics",
-    "PerClassAgreement": "kdlight.explain.metrics",
+    "AttributionConfig": _ATTRIBUTION,
+    "attribute": _ATTRIBUTION,
+    "input_gradient_map": _ATTRIBUTION,
+    "method_names": _ATTRIBUTION,
+    "METHODS": _ATTRIBUTION,
+    "Method": _ATTRIBUTION,
+    "get_method": _ATTRIBUTION,
+    "MetricSpec": _METRICS,
+    "metric_names": _METRICS,
+    "metric_spec": _METRICS,
+    "register_metric": _METRICS,
+    "AgreementCollection": _METRICS,
+    "AgreementMean": _METRICS,
+    "PerClassAgreement": _METRICS,
 }
+
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

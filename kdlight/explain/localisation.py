@@ -21,6 +21,7 @@ Masks are boolean, of the maps' shape or broadcastable to it (``[1, ...]`` for o
 by all samples, ``[N, 1, H, W]`` for maps ``[N, C, H, W]``). A sample whose mask is empty (no
 ground truth) or whose map is not finite gets NaN, which the metric classes skip and count.
 """
+
 from __future__ import annotations
 
 import math

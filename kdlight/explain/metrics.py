@@ -15,6 +15,7 @@ all samples of all ranks (not a mean of per-rank means, which is wrong for uneve
 Per-sample values that are not finite (e.g. from NaN / inf attributions, or an empty
 ground-truth mask) are not added; they are counted in the ``skipped`` state instead.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -25,6 +25,7 @@ mode, so it also works inside ``trainer.validate()``. Random methods (GradientSh
 add their own randomness to the scores. Inputs must be floating point: noise cannot be added to
 token ids.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

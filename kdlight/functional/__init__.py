@@ -1,4 +1,5 @@
 """Pure tensor maths: distillation losses and explanation-agreement measures."""
+
 from kdlight.functional.agreement import *  # noqa: F401,F403
 from kdlight.functional.agreement import __all__ as _agreement
 from kdlight.functional.distillation import *  # noqa: F401,F403

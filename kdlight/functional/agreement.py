@@ -21,6 +21,7 @@ Conventions for edge cases (shared by all attribution functions):
 Prediction fidelity (Stanton et al. 2021, arXiv:2106.05945) works on logits ``[N, C]``:
 :func:`top1_agreement` and :func:`predictive_kl`.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,9 +56,7 @@ def _check_same_shape(a: Tensor, b: Tensor, what: str = "a and b") -> None:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"{what} must be torch.Tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.shape != b.shape:
-        raise ValueError(
-            f"shape mismatch: {what} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
+        raise ValueError(f"shape mismatch: {what} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def _prepare(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,6 +14,7 @@ Definitions follow /work/shared/REFERENCES.md ("Distillation objectives"):
 * :func:`rkd_loss`, :func:`rkd_distance_loss`, :func:`rkd_angle_loss` - Park et al. CVPR 2019.
 * :func:`pkt_loss` - Passalis & Tefas ECCV 2018 (RepDistiller's ``cosine_similarity_loss``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -139,8 +140,7 @@ def dkd_loss(
         raise ValueError(f"dkd_loss: target must hold integer class indices, got {target.dtype}")
     num_classes = student_logits.shape[1]
     if num_classes < 2:
-        raise ValueError(f"dkd_loss: needs at least 2 classes, got student shape "
-                         f"{tuple(student_logits.shape)}")
+        raise ValueError(f"dkd_loss: needs at least 2 classes, got student shape {tuple(student_logits.shape)}")
     if target.numel() and bool(((target < 0) | (target >= num_classes)).any()):
         raise ValueError(f"dkd_loss: target indices must lie in [0, {num_classes})")
 
@@ -183,7 +183,7 @@ def attention_transfer_loss(student_feature: Tensor, teacher_feature: Tensor) ->
     two sizes). No beta factor is applied.
     """
     what = "attention_transfer_loss"
-    if (student_feature.dim() not in _POOLS or teacher_feature.dim() != student_feature.dim()):
+    if student_feature.dim() not in _POOLS or teacher_feature.dim() != student_feature.dim():
         raise ValueError(
             f"{what}: features must both be [B, C, *spatial] with 1-3 spatial dims, got "
             f"student shape {tuple(student_feature.shape)}, "
@@ -263,9 +263,9 @@ def rkd_loss(
     angle_weight: float = 50.0,
 ) -> Tensor:
     """Relational KD: ``distance_weight * rkd_distance_loss + angle_weight * rkd_angle_loss``."""
-    return distance_weight * rkd_distance_loss(
+    return distance_weight * rkd_distance_loss(student_embedding, teacher_embedding) + angle_weight * rkd_angle_loss(
         student_embedding, teacher_embedding
-    ) + angle_weight * rkd_angle_loss(student_embedding, teacher_embedding)
+    )
 
 
 def _conditional_probabilities(x: Tensor, eps: float) -> Tensor:

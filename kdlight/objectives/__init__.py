@@ -1,4 +1,5 @@
 """Configurable distillation objectives (``class_path: kdlight.objectives.KD`` etc.)."""
+
 from kdlight.objectives.base import Objective
 from kdlight.objectives.composite import Composite
 from kdlight.objectives.explanation import ExplanationMatching

@@ -1,4 +1,5 @@
 """Base class of every distillation objective, and the argument check they all use."""
+
 from __future__ import annotations
 
 import math
@@ -10,14 +11,22 @@ from kdlight.core.step import DistillStep, LossTerm
 
 # kind: (lowest, highest, lowest allowed itself, what the value must do, the same for inf, default fix)
 RANGES = {
-    "weight": (0.0, math.inf, True, "be >= 0", "be a finite number >= 0",
-               "use 0 to turn the term off (a negative weight would maximise its loss)"),
+    "weight": (
+        0.0,
+        math.inf,
+        True,
+        "be >= 0",
+        "be a finite number >= 0",
+        "use 0 to turn the term off (a negative weight would maximise its loss)",
+    ),
     "fraction": (0.0, 1.0, True, "lie in [0, 1]", "lie in [0, 1]", "use a value from 0 to 1"),
     "temperature": (0.0, math.inf, False, "be > 0", "be a finite number > 0", "KD papers use 1-8 (4 is usual)"),
 }
 
 
-def check_arg(owner: str, name: str, value: float | Schedule, kind: str = "weight", fix: str | None = None) -> float | Schedule:
+def check_arg(
+    owner: str, name: str, value: float | Schedule, kind: str = "weight", fix: str | None = None
+) -> float | Schedule:
     """``value`` as a float (a :class:`Schedule` unchanged) if it lies in the range of ``kind``, else a one-line ValueError.
 
     ``kind`` is ``"weight"`` (finite, >= 0; 0 turns a term off), ``"fraction"`` ([0, 1]) or
@@ -29,7 +38,11 @@ def check_arg(owner: str, name: str, value: float | Schedule, kind: str = "weigh
     """
     low, high, low_ok, must, must_finite, default_fix = RANGES[kind]
     if isinstance(value, Schedule):
-        points = [(attr, getattr(value, attr), attr == "constant") for attr in ("constant", "start", "end") if hasattr(value, attr)]
+        points = [
+            (attr, getattr(value, attr), attr == "constant")
+            for attr in ("constant", "start", "end")
+            if hasattr(value, attr)
+        ]
     else:
         points = [(None, value, True)]
     for attr, point, attained in points:
@@ -41,7 +54,9 @@ def check_arg(owner: str, name: str, value: float | Schedule, kind: str = "weigh
             continue
         shown = point if isinstance(point, (int, float)) else repr(point)
         shown = f"{type(value).__name__} with {attr}={shown}" if attr else shown
-        raise ValueError(f"{name} must {must_finite if math.isinf(number) else must}, got {shown} in {owner}; {fix or default_fix}")
+        raise ValueError(
+            f"{name} must {must_finite if math.isinf(number) else must}, got {shown} in {owner}; {fix or default_fix}"
+        )
     return value if isinstance(value, Schedule) else float(value)
 
 
@@ -74,6 +89,10 @@ class Objective(nn.Module):
         A scheduled weight that goes below 0 at this step is an error (a custom schedule may)."""
         weight_now = resolve(weight, step.epoch, step.global_step)
         if isinstance(weight, Schedule):
-            check_arg(f"term {name!r} at epoch {step.epoch}, step {step.global_step}", "weight", weight_now,
-                      fix="keep the weight schedule >= 0")
+            check_arg(
+                f"term {name!r} at epoch {step.epoch}, step {step.global_step}",
+                "weight",
+                weight_now,
+                fix="keep the weight schedule >= 0",
+            )
         return LossTerm(name, value, weight_now, isinstance(weight, Schedule), samples)

@@ -1,10 +1,11 @@
 """A weighted sum of objectives."""
+
 from __future__ import annotations
 
 from torch import nn
 
-from kdlight.objectives.base import Objective, check_arg
 from kdlight.core.step import DistillStep, LossTerm
+from kdlight.objectives.base import Objective, check_arg
 
 
 class Composite(Objective):
@@ -17,7 +18,9 @@ class Composite(Objective):
     def __init__(self, terms: list[Objective], scale: list[float] | None = None) -> None:
         super().__init__()
         if not terms:
-            raise ValueError("terms must hold at least one objective, got [] in Composite; list the objectives to combine")
+            raise ValueError(
+                "terms must hold at least one objective, got [] in Composite; list the objectives to combine"
+            )
         if scale is not None and len(scale) != len(terms):
             raise ValueError(
                 f"scale must have one factor per term, got {len(scale)} factors for {len(terms)} terms in Composite; "

@@ -1,13 +1,14 @@
 """Objectives on intermediate features: FitNets hints, attention transfer, RKD, PKT."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlight.functional.distillation import attention_transfer_loss, pkt_loss, rkd_loss
-from kdlight.objectives.base import Objective, check_arg
 from kdlight.core.schedules import Schedule
 from kdlight.core.step import DistillStep, LossTerm
+from kdlight.functional.distillation import attention_transfer_loss, pkt_loss, rkd_loss
+from kdlight.objectives.base import Objective, check_arg
 
 
 def make_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], kernel_size: int) -> nn.Module:
@@ -41,7 +42,9 @@ class Hint(Objective):
     student and saved in its checkpoints.
     """
 
-    def __init__(self, student_layer: str, teacher_layer: str, weight: float | Schedule = 100.0, kernel_size: int = 1) -> None:
+    def __init__(
+        self, student_layer: str, teacher_layer: str, weight: float | Schedule = 100.0, kernel_size: int = 1
+    ) -> None:
         super().__init__()
         self.student_layers, self.teacher_layers = [student_layer], [teacher_layer]
         self.weight, self.kernel_size = check_arg("Hint", "weight", weight), kernel_size

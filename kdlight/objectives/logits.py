@@ -1,18 +1,22 @@
 """Objectives on logits: cross-entropy, Hinton KD, DKD."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from kdlight.functional.distillation import dkd_loss, kd_loss
-from kdlight.objectives.base import Objective, check_arg
 from kdlight.core.schedules import LinearWarmup, Schedule, resolve
 from kdlight.core.step import UNLABELED, DistillStep, LossTerm
+from kdlight.functional.distillation import dkd_loss, kd_loss
+from kdlight.objectives.base import Objective, check_arg
 
 
 def temperature_at(owner: Objective, temperature: float | Schedule, step: DistillStep) -> float:
     """The temperature for this step; a schedule that reaches <= 0 is an error."""
     return check_arg(
-        type(owner).__name__, "temperature", resolve(temperature, step.epoch, step.global_step), "temperature",
+        type(owner).__name__,
+        "temperature",
+        resolve(temperature, step.epoch, step.global_step),
+        "temperature",
         fix=f"the schedule reached it at epoch {step.epoch}, step {step.global_step}; keep its values > 0",
     )
 
@@ -82,7 +86,9 @@ class DKD(Objective):
         self.temperature = check_arg("DKD", "temperature", temperature, "temperature")
         if warmup is None:
             warmup = LinearWarmup(length=warmup_epochs) if warmup_epochs > 0 else 1.0
-        self.warmup_weight = check_arg("DKD", "warmup", warmup, fix="it multiplies the dkd term (LinearWarmup from 0 to 1 is usual)")
+        self.warmup_weight = check_arg(
+            "DKD", "warmup", warmup, fix="it multiplies the dkd term (LinearWarmup from 0 to 1 is usual)"
+        )
         self.ce = CrossEntropy(weight=check_arg("DKD", "ce_weight", ce_weight))
 
     def forward(self, step: DistillStep) -> list[LossTerm]:

@@ -1,4 +1,5 @@
 """Distillation from several teachers at once (a :class:`kdlight.models.ensemble.TeacherEnsemble`)."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlight.core.schedules import Schedule
+from kdlight.core.step import DistillStep, LossTerm
 from kdlight.functional.distillation import kd_loss
 from kdlight.objectives.base import Objective, check_arg
 from kdlight.objectives.logits import ALPHA_FIX, CrossEntropy, temperature_at
-from kdlight.core.schedules import Schedule
-from kdlight.core.step import DistillStep, LossTerm
 
 MODES = ("average", "each")
 
@@ -45,7 +46,9 @@ class MultiTeacherKD(Objective):
     needs labels and is left out when ``alpha == 1``.
     """
 
-    def __init__(self, num_teachers: int, temperature: float | Schedule = 4.0, alpha: float = 0.9, mode: str = "average") -> None:
+    def __init__(
+        self, num_teachers: int, temperature: float | Schedule = 4.0, alpha: float = 0.9, mode: str = "average"
+    ) -> None:
         super().__init__()
         if isinstance(num_teachers, bool) or not isinstance(num_teachers, int) or num_teachers < 1:
             raise ValueError(f"num_teachers must be an integer >= 1, got {num_teachers!r}")
@@ -61,7 +64,9 @@ class MultiTeacherKD(Objective):
         """Check the ensemble against ``num_teachers`` and the member logits against the student's."""
         members = getattr(step.teacher, "members", None)
         if step.teacher is not None and members is not None and len(members) != self.num_teachers:
-            raise ValueError(f"MultiTeacherKD(num_teachers={self.num_teachers}) but the teacher ensemble has {len(members)} members")
+            raise ValueError(
+                f"MultiTeacherKD(num_teachers={self.num_teachers}) but the teacher ensemble has {len(members)} members"
+            )
         for name, logits in zip(self.teacher_layers, self.member_logits(step)):
             if tuple(logits.shape) != tuple(step.student_logits.shape):
                 raise ValueError(
@@ -83,6 +88,15 @@ class MultiTeacherKD(Objective):
         logits = self.member_logits(step)
         terms = self.ce(step) if self.alpha < 1.0 else []
         if self.mode == "average":
-            return [*terms, self.term("kd", averaged_kd_loss(step.student_logits, logits, temperature), self.alpha, step)]
+            return [
+                *terms,
+                self.term("kd", averaged_kd_loss(step.student_logits, logits, temperature), self.alpha, step),
+            ]
         weight = self.alpha / self.num_teachers
-        return [*terms, *(self.term(f"kd_{i}", kd_loss(step.student_logits, t, temperature), weight, step) for i, t in enumerate(logits))]
+        return [
+            *terms,
+            *(
+                self.term(f"kd_{i}", kd_loss(step.student_logits, t, temperature), weight, step)
+                for i, t in enumerate(logits)
+            ),
+        ]

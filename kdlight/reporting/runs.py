@@ -16,6 +16,7 @@ Layout::
       version_0/  config.yaml  metrics.csv  best.ckpt  last.ckpt  explain/  test/version_0/ ...
       version_1/  ...
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,13 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 __all__ = [
-    "AtomicCheckpointIO", "RunCSVLogger", "RunDirectory", "RunPlan", "latest_version", "next_version", "plan_run",
+    "AtomicCheckpointIO",
+    "RunCSVLogger",
+    "RunDirectory",
+    "RunPlan",
+    "latest_version",
+    "next_version",
+    "plan_run",
 ]
 
 VERSION = re.compile(r"^version_(\d+)$")
@@ -118,7 +125,9 @@ def _epochs_after(metrics: Path, epoch: int) -> list[int]:
     return sorted(later)
 
 
-def plan_run(subcommand: str, run_dir: str | Path, ckpt_path: str | None, overwrite: bool = False) -> tuple[RunPlan, str | None]:
+def plan_run(
+    subcommand: str, run_dir: str | Path, ckpt_path: str | None, overwrite: bool = False
+) -> tuple[RunPlan, str | None]:
     """Choose the directory a command writes to (see the module docstring) and resolve
     ``ckpt_path``'s ``last`` / ``best`` shortcuts. Refuses to resume a checkpoint in place when its
     run already went on to later epochs (that would overwrite them) unless ``overwrite``."""
@@ -127,9 +136,16 @@ def plan_run(subcommand: str, run_dir: str | Path, ckpt_path: str | None, overwr
     if inherited is not None:
         return inherited
     plan, ckpt_path = _plan(subcommand, run_dir, ckpt_path, overwrite)
-    os.environ[PLAN_VARIABLE] = json.dumps({"subcommand": subcommand, "run_dir": str(run_dir), "target": str(plan.target),
-                                            "created": plan.created, "ckpt_path": ckpt_path,
-                                            "resumed_from": str(plan.resumed_from) if plan.resumed_from else None})
+    os.environ[PLAN_VARIABLE] = json.dumps(
+        {
+            "subcommand": subcommand,
+            "run_dir": str(run_dir),
+            "target": str(plan.target),
+            "created": plan.created,
+            "ckpt_path": ckpt_path,
+            "resumed_from": str(plan.resumed_from) if plan.resumed_from else None,
+        }
+    )
     return plan, ckpt_path
 
 
@@ -178,7 +194,11 @@ def resumed_config_name(directory: Path) -> str:
 
 
 # -- pointing the trainer at the plan -------------------------------------------------------------
-CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger", "kdlight.reporting.runs.RunCSVLogger")
+CSV_LOGGERS = (
+    "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.csv_logs.CSVLogger",
+    "kdlight.reporting.runs.RunCSVLogger",
+)
 
 
 def _logger_init(logger: Any, plan: RunPlan) -> Any:
@@ -209,8 +229,10 @@ def place_trainer(trainer: Any, plan: RunPlan) -> None:
     if logger is None or logger is True:
         from jsonargparse import Namespace
 
-        trainer["logger"] = Namespace(class_path="kdlight.reporting.runs.RunCSVLogger", init_args=Namespace(
-            save_dir=str(plan.target), name="", version=""))
+        trainer["logger"] = Namespace(
+            class_path="kdlight.reporting.runs.RunCSVLogger",
+            init_args=Namespace(save_dir=str(plan.target), name="", version=""),
+        )
     elif isinstance(logger, list):
         trainer["logger"] = [_logger_init(one, plan) for one in logger]
     elif logger is not False:
@@ -354,4 +376,3 @@ class RunDirectory(Callback):
             parent = self.plan.target.parent
             if parent != self.plan.run_dir and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()  # the <subcommand>/ folder made for this command
-

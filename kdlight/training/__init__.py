@@ -1,5 +1,6 @@
 """The Lightning layer: the modules that train (ClassifierModule, DistillationModule), the
 teacher-output cache, feature taps and in-step batch transforms."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Pieces shared by :class:`ClassifierModule` and :class:`DistillationModule`."""
+
 from __future__ import annotations
 
 import inspect
@@ -28,8 +29,11 @@ except ImportError:  # pragma: no cover - older/newer Lightning
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     """Deprecated: ``as_batch(batch)`` (:mod:`kdlight.core.batch`) gives the named fields.
     ``(inputs, target)`` of the (labeled part of the) batch."""
-    warnings.warn("unpack_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "unpack_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     batch = as_batch(batch)
     return batch.inputs, batch.target
 
@@ -37,8 +41,11 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 def unpack_indexed_batch(batch: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Deprecated: ``as_batch(batch)`` (:mod:`kdlight.core.batch`) gives the named fields.
     ``(inputs, target, index)`` of the (labeled part of the) batch."""
-    warnings.warn("unpack_indexed_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target / .index",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "unpack_indexed_batch is deprecated; use kdlight.core.batch.as_batch(batch).inputs / .target / .index",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     batch = as_batch(batch)
     return batch.inputs, batch.target, batch.index
 
@@ -256,7 +263,9 @@ class SupervisedBase(LightningModule):
         weights are still on the CPU.)"""
         data = self.datamodule_capabilities()
         if data.datamodule is None:
-            raise ValueError("kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to read input shapes")
+            raise ValueError(
+                "kdlight modules need a datamodule (trainer.fit(model, datamodule=...)) to read input shapes"
+            )
         x = data.example_input(2)
         weights = next(self.parameters(), None)
         return x.to(weights.device if weights is not None else self.device)
@@ -268,7 +277,9 @@ class SupervisedBase(LightningModule):
             raise ValueError(f"num_classes={self.num_classes} but the model outputs {found} logits")
         expected = self.datamodule_capabilities().num_classes
         if expected is not None and expected != found:
-            raise ValueError(f"the data have {expected} classes but the model outputs {found} logits; set num_classes={expected} on the model")
+            raise ValueError(
+                f"the data have {expected} classes but the model outputs {found} logits; set num_classes={expected} on the model"
+            )
         self.num_classes = found
         return found
 

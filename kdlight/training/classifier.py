@@ -1,4 +1,5 @@
 """Plain supervised training of any ``nn.Module``: teachers and scratch baselines."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -33,8 +34,13 @@ class ClassifierModule(SupervisedBase):
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["model", "optimizer", "lr_scheduler"])
         self.model = model
-        self.label_smoothing = check_arg("ClassifierModule", "label_smoothing", label_smoothing, "fraction",
-                                         "0 turns label smoothing off, 0.1 is usual")
+        self.label_smoothing = check_arg(
+            "ClassifierModule",
+            "label_smoothing",
+            label_smoothing,
+            "fraction",
+            "0 turns label smoothing off, 0.1 is usual",
+        )
 
     def setup(self, stage: str) -> None:
         num_classes = self.resolve_num_classes(dry_forward(self.model, self.example_input()))

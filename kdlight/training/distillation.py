@@ -1,4 +1,5 @@
 """DistillationModule: a frozen teacher, a trainable student and a configurable objective."""
+
 from __future__ import annotations
 
 import warnings
@@ -116,7 +117,9 @@ class DistillationModule(SupervisedBase):
         if in_eval and all(name == "teacher" or name.startswith("teacher.") for name in in_eval):
             self._quiet_teacher_warning = warnings.catch_warnings()
             self._quiet_teacher_warning.__enter__()
-            warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training")
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training"
+            )
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -153,7 +156,9 @@ class DistillationModule(SupervisedBase):
                 f"{overlap}; val/test metrics and val/teacher_acc would be inflated: use the teacher's data settings, "
                 "or set allow_teacher_data_overlap=true to run anyway"
             )
-        rank_zero_warn(f"{overlap}; val/test metrics and val/teacher_acc are inflated (allow_teacher_data_overlap=true)")
+        rank_zero_warn(
+            f"{overlap}; val/test metrics and val/teacher_acc are inflated (allow_teacher_data_overlap=true)"
+        )
 
     def teacher_training_data(self) -> list[dict[str, Any]]:
         """Records of the data the teacher (and its own teachers) trained on, from the restored
@@ -179,8 +184,10 @@ class DistillationModule(SupervisedBase):
                 f"teacher outputs {t_classes} classes but student outputs {s_classes}; "
                 "give both models the same num_classes"
             )
-        for role, wanted, tapped in (("student", self.objective.student_layers, step.student_features),
-                                     ("teacher", self.objective.teacher_layers, step.teacher_features)):
+        for role, wanted, tapped in (
+            ("student", self.objective.student_layers, step.student_features),
+            ("teacher", self.objective.teacher_layers, step.teacher_features),
+        ):
             silent = [name for name in dict.fromkeys(wanted) if name not in tapped]
             if silent:
                 raise ValueError(
@@ -212,7 +219,9 @@ class DistillationModule(SupervisedBase):
                 "each freshly augmented batch online; drop one of the two"
             )
         if data.transfer_dataset() is not None:
-            raise ValueError("teacher_cache does not cover transfer sets yet; set transfer_size to null or drop teacher_cache")
+            raise ValueError(
+                "teacher_cache does not cover transfer sets yet; set transfer_size to null or drop teacher_cache"
+            )
         if not (data.indexed_batches and data.has_train_inputs):
             raise ValueError(
                 "teacher_cache needs a kdlight data module (kdlight.data.*) whose training batches carry sample "
@@ -230,9 +239,13 @@ class DistillationModule(SupervisedBase):
         # data, the tapped teacher layers and the precision (autocast changes the outputs' dtype)
         teacher_key = f"{type(self.teacher).__qualname__}-{teacher_fingerprint(self.teacher)}"
         self._cache = TeacherCache(
-            size=len(inputs), location=self.teacher_cache, teacher_key=teacher_key,
-            data_key=data_fingerprint(inputs), rank=self.global_rank,
-            teacher_layers=self.objective.teacher_layers, precision=str(self.trainer.precision),
+            size=len(inputs),
+            location=self.teacher_cache,
+            teacher_key=teacher_key,
+            data_key=data_fingerprint(inputs),
+            rank=self.global_rank,
+            teacher_layers=self.objective.teacher_layers,
+            precision=str(self.trainer.precision),
         ).to(self.device)
 
     def on_train_epoch_end(self) -> None:
@@ -271,7 +284,9 @@ class DistillationModule(SupervisedBase):
         if any(key.startswith("teacher.") for key in checkpoint.get("state_dict", {})):
             self._teacher_restored = True
             records = checkpoint.get("kdlight_teacher_data")
-            self._restored_teacher_data = [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+            self._restored_teacher_data = (
+                [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+            )
         shapes = checkpoint.get("kdlight_feature_shapes")
         if not shapes:
             return
@@ -307,7 +322,9 @@ class DistillationModule(SupervisedBase):
             self._cache.store(index if whole else index[rows], t_logits, self._teacher_taps.pop())
         return self._cache.read(index)
 
-    def distill_step(self, x: Tensor, y: Tensor | None, index: Tensor | None = None) -> tuple[DistillStep, list[LossTerm]]:
+    def distill_step(
+        self, x: Tensor, y: Tensor | None, index: Tensor | None = None
+    ) -> tuple[DistillStep, list[LossTerm]]:
         """Teacher (or cache) and student forward passes and the objective's terms for one batch."""
         t_logits, t_features = self.teacher_outputs(x, index)
         s_logits = self.student(x)

@@ -1,4 +1,5 @@
 """A freshly initialised copy of a model: the chance level for agreement measures."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Teacher-output cache: the teacher's logits (and tapped features) per training sample."""
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,11 @@ class TeacherCache:
         self.size, self.teacher_key, self.data_key = size, teacher_key, data_key
         self.teacher_layers = sorted(set(teacher_layers))
         self.key: dict[str, Any] = {
-            "teacher": teacher_key, "data": data_key, "size": size,
-            "teacher_layers": self.teacher_layers, "precision": str(precision),
+            "teacher": teacher_key,
+            "data": data_key,
+            "size": size,
+            "teacher_layers": self.teacher_layers,
+            "precision": str(precision),
         }
         self.path = None if location == "memory" else Path(location) / f"teacher_cache_{data_key}_rank{rank}.pt"
         self.valid = torch.zeros(size, dtype=torch.bool)
@@ -111,22 +115,29 @@ class TeacherCache:
                 f"other training data ({stored.get('size')} samples {stored.get('data')} vs {self.size} samples {self.data_key})"
             )
         if stored.get("teacher_layers") != self.key["teacher_layers"]:
-            reasons.append(f"other tapped teacher layers ({stored.get('teacher_layers')} vs {self.key['teacher_layers']})")
+            reasons.append(
+                f"other tapped teacher layers ({stored.get('teacher_layers')} vs {self.key['teacher_layers']})"
+            )
         if stored.get("precision") != self.key["precision"]:
             reasons.append(f"another precision ({stored.get('precision')} vs {self.key['precision']})")
         return reasons
 
     def _check(self, stored: Any) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The entries of a loaded file; ValueError if they are not what this cache writes."""
-        if not (isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT and isinstance(stored.get("key"), dict)):
+        if not (
+            isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT and isinstance(stored.get("key"), dict)
+        ):
             raise ValueError(f"not a kdlight teacher cache of format {CACHE_FORMAT}")
         valid, logits, features = stored.get("valid"), stored.get("logits"), stored.get("features")
         if not (isinstance(valid, Tensor) and valid.dtype == torch.bool and tuple(valid.shape) == (self.size,)):
             raise ValueError("bad 'valid' entry")
         if not (isinstance(logits, Tensor) and logits.dim() >= 1 and len(logits) == self.size):
             raise ValueError("bad 'logits' entry")
-        if not (isinstance(features, dict) and sorted(features) == self.teacher_layers
-                and all(isinstance(v, Tensor) and v.dim() >= 1 and len(v) == self.size for v in features.values())):
+        if not (
+            isinstance(features, dict)
+            and sorted(features) == self.teacher_layers
+            and all(isinstance(v, Tensor) and v.dim() >= 1 and len(v) == self.size for v in features.values())
+        ):
             raise ValueError("bad 'features' entry")
         return valid, logits, features
 
@@ -134,7 +145,9 @@ class TeacherCache:
         """Adopt the disk copy if it is intact and built for this key; else warn once and rebuild."""
         try:
             stored = torch.load(self.path, map_location="cpu", weights_only=True)
-            stored_key = stored.get("key") if isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT else None
+            stored_key = (
+                stored.get("key") if isinstance(stored, dict) and stored.get("format") == CACHE_FORMAT else None
+            )
             reasons = self._mismatch(stored_key) if isinstance(stored_key, dict) else []
             entries = None if reasons else self._check(stored)
         except Exception as err:  # truncated, corrupt or foreign file: rebuild (and overwrite) it
@@ -181,7 +194,9 @@ class TeacherCache:
         if self.logits is None:
             self.valid = self.valid.to(device)
             self.logits = torch.empty(self.size, *logits.shape[1:], dtype=logits.dtype, device=device)
-            self.features = {k: torch.empty(self.size, *v.shape[1:], dtype=v.dtype, device=device) for k, v in features.items()}
+            self.features = {
+                k: torch.empty(self.size, *v.shape[1:], dtype=v.dtype, device=device) for k, v in features.items()
+            }
         index = index.to(device)
         self.logits[index] = logits.detach()
         for k, v in features.items():
@@ -194,8 +209,13 @@ class TeacherCache:
         if self.path is None or self.saved or not self.complete:
             return
         cpu = {k: v.cpu() for k, v in self.features.items()}
-        state = {"format": CACHE_FORMAT, "key": self.key, "valid": self.valid.cpu(),
-                 "logits": self.logits.cpu(), "features": cpu}
+        state = {
+            "format": CACHE_FORMAT,
+            "key": self.key,
+            "valid": self.valid.cpu(),
+            "logits": self.logits.cpu(),
+            "features": cpu,
+        }
         tmp = self._temp_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +223,8 @@ class TeacherCache:
             os.replace(tmp, self.path)  # atomic: readers see the old file or the whole new one
         except (OSError, RuntimeError) as err:  # e.g. a read-only or full disk: keep the in-memory copy
             warnings.warn(
-                f"could not write teacher cache {self.path} ({_short(err)}); it stays in memory for this run", stacklevel=2
+                f"could not write teacher cache {self.path} ({_short(err)}); it stays in memory for this run",
+                stacklevel=2,
             )
         finally:
             try:

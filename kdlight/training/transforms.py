@@ -5,6 +5,7 @@ identical strongly augmented batch, and the student matches the teacher's output
 transforms (mixup, cutmix) make the labels meaningless, so the step treats those samples as
 unlabeled: only teacher-matching terms (KD, hints, ...) see them.
 """
+
 from __future__ import annotations
 
 import torch

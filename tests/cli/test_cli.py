@@ -1,4 +1,5 @@
 """The kdlight command end to end, as a user runs it."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
 from kdlight.cli import main
+
+from conftest import REPO
 
 DIGITS = REPO / "configs" / "digits"
 FAST = ["--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.callbacks=[]"]
@@ -21,9 +23,17 @@ def run_cli(*args: str):
 
 
 def test_fit_teacher_then_distill_from_its_checkpoint(tmp_path):
-    run_cli("fit", "-c", str(DIGITS / "teacher.yaml"), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-            "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-            "--trainer.callbacks=[]")
+    run_cli(
+        "fit",
+        "-c",
+        str(DIGITS / "teacher.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+    )
     checkpoints = sorted(tmp_path.rglob("*.ckpt"))
     assert checkpoints, "the teacher run saved no checkpoint"
     cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), f"--model.init_args.teacher_checkpoint={checkpoints[0]}", *FAST)
@@ -33,8 +43,15 @@ def test_fit_teacher_then_distill_from_its_checkpoint(tmp_path):
 
 def test_validate_and_test_subcommands(tmp_path):
     for sub in ("validate", "test"):
-        cli = run_cli(sub, "-c", str(DIGITS / "scratch.yaml"), "--trainer.logger=false", "--trainer.callbacks=[]",
-                      "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1")
+        cli = run_cli(
+            sub,
+            "-c",
+            str(DIGITS / "scratch.yaml"),
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1",
+        )
         assert f"{'val' if sub == 'validate' else 'test'}/acc" in cli.trainer.callback_metrics
 
 
@@ -48,14 +65,26 @@ def test_print_config_shows_the_resolved_objective(capsys):
 
 def test_unknown_model_class_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli("fit", "-c", str(DIGITS / "scratch.yaml"), "--model.init_args.model.class_path=kdlight.models.NoSuchNet", *FAST)
+        run_cli(
+            "fit",
+            "-c",
+            str(DIGITS / "scratch.yaml"),
+            "--model.init_args.model.class_path=kdlight.models.NoSuchNet",
+            *FAST,
+        )
     assert exit_info.value.code != 0
     assert "NoSuchNet" in capsys.readouterr().err
 
 
 def test_unknown_objective_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
-        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.objective.class_path=kdlight.objectives.Nope", *FAST)
+        run_cli(
+            "fit",
+            "-c",
+            str(DIGITS / "kd.yaml"),
+            "--model.init_args.objective.class_path=kdlight.objectives.Nope",
+            *FAST,
+        )
     assert "kdlight.objectives.Nope" in capsys.readouterr().err
 
 
@@ -69,7 +98,9 @@ def test_nonpositive_temperature_is_one_line(capsys):
 
 def test_missing_teacher_checkpoint_is_one_line(capsys):
     with pytest.raises(SystemExit):
-        run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=missing/teacher.ckpt", *FAST)
+        run_cli(
+            "fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=missing/teacher.ckpt", *FAST
+        )
     err = capsys.readouterr().err
     assert "kdlight: error: teacher_checkpoint missing/teacher.ckpt does not exist" in err
     assert "Traceback" not in err
@@ -85,16 +116,34 @@ def test_installed_console_script_exits_0_after_a_fit(tmp_path):
     entry point's return value, so it must return None (a returned CLI object exits with 1)."""
     script = Path(sys.executable).parent / "kdlight"
     assert script.is_file(), "the kdlight console script is not installed next to this Python (pip install -e .)"
-    command = [str(script), "fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.max_epochs=1",
-               "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = [
+        str(script),
+        "fit",
+        "-c",
+        str(REPO / "configs" / "digits" / "scratch.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "KDLightCLI object" not in out.stderr + out.stdout
 
 
 def test_optimizer_comes_from_the_model_config():
-    cli = run_cli("fit", "-c", str(DIGITS / "kd.yaml"), "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true",
-                  "--model.init_args.optimizer.class_path=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=0.1", *FAST)
+    cli = run_cli(
+        "fit",
+        "-c",
+        str(DIGITS / "kd.yaml"),
+        "--model.init_args.teacher_checkpoint=null",
+        "--model.init_args.teacher_as_given=true",
+        "--model.init_args.optimizer.class_path=torch.optim.SGD",
+        "--model.init_args.optimizer.init_args.lr=0.1",
+        *FAST,
+    )
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.1
 
@@ -126,10 +175,17 @@ def test_console_script_imports_user_models_from_the_working_directory(tmp_path)
         "import torch\n\nclass TinyNet(torch.nn.Module):\n"
         "    def __init__(self, width: int = 4):\n        super().__init__()\n"
         "        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
-        "    def forward(self, x):\n        return self.net(x)\n")
+        "    def forward(self, x):\n        return self.net(x)\n"
+    )
     script = Path(sys.executable).parent / "kdlight"
-    args = [str(script), "fit", "-c", str(DIGITS / "scratch.yaml"), "--model.init_args.model.class_path=my_package.TinyNet",
-            "--print_config"]
+    args = [
+        str(script),
+        "fit",
+        "-c",
+        str(DIGITS / "scratch.yaml"),
+        "--model.init_args.model.class_path=my_package.TinyNet",
+        "--print_config",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "my_package.TinyNet" in out.stdout

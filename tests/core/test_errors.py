@@ -1,14 +1,16 @@
 """The finite-loss guard: a NaN loss term stops training with one line naming the term and steps."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
 from kdlight.core.errors import NonFiniteLossError, check_finite_loss
-from kdlight.objectives import KD
 from kdlight.core.step import LossTerm
+from kdlight.objectives import KD
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 
 class NaNAfter(KD):
@@ -26,15 +28,23 @@ class NaNAfter(KD):
 
 
 def _fit(digits, start: int, every: int, check_finite: bool = True, epochs: int = 1):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNAfter(start),
-                                optimizer=lambda p: torch.optim.SGD(p, lr=0.0), check_finite=check_finite, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(),
+        digits_student(),
+        objective=NaNAfter(start),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+        check_finite=check_finite,
+        teacher_as_given=True,
+    )
     trainer = tiny_trainer(max_epochs=epochs, log_every_n_steps=every, limit_val_batches=0)
     trainer.fit(module, datamodule=digits)
     return trainer
 
 
 def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
-    with pytest.raises(NonFiniteLossError, match=r"loss term (ce=nan, )?kd=nan at epoch 0, steps 5-9: training stopped; lower"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss term (ce=nan, )?kd=nan at epoch 0, steps 5-9: training stopped; lower"
+    ):
         _fit(digits, start=7, every=5)
 
 
@@ -59,8 +69,13 @@ def test_check_finite_loss_names_every_bad_term():
 
 def test_after_a_resume_the_reported_steps_start_at_the_checkpoint(digits, tmp_path):
     def module():
-        return DistillationModule(digits_teacher(), digits_student(), objective=NaNAfter(25),
-                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.0), teacher_as_given=True)
+        return DistillationModule(
+            digits_teacher(),
+            digits_student(),
+            objective=NaNAfter(25),
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+            teacher_as_given=True,
+        )
 
     first = tiny_trainer(max_epochs=1, log_every_n_steps=100, limit_val_batches=0)
     first.fit(module(), datamodule=digits)  # steps 0-18, all finite

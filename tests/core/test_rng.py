@@ -1,4 +1,5 @@
 """kdlight.core.rng: RNG states survive a weights-only checkpoint round trip."""
+
 from __future__ import annotations
 
 import io

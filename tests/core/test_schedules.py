@@ -1,4 +1,5 @@
 """Schedules for loss weights and temperatures."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +7,10 @@ import math
 import pytest
 import torch
 
-from kdlight.objectives import DKD, KD
 from kdlight.core.schedules import Constant, Cosine, LinearWarmup, resolve
-from kdlight.functional.distillation import kd_loss
 from kdlight.core.step import DistillStep
+from kdlight.functional.distillation import kd_loss
+from kdlight.objectives import DKD, KD
 
 
 def test_linear_warmup_matches_dkd_reference_and_units():
@@ -35,8 +36,13 @@ def test_bad_schedules():
 
 def step_at(epoch: int) -> DistillStep:
     g = torch.Generator().manual_seed(0)
-    return DistillStep(inputs=torch.zeros(4, 2), target=torch.tensor([0, 1, 2, 0]),
-                       student_logits=torch.randn(4, 3, generator=g), teacher_logits=torch.randn(4, 3, generator=g), epoch=epoch)
+    return DistillStep(
+        inputs=torch.zeros(4, 2),
+        target=torch.tensor([0, 1, 2, 0]),
+        student_logits=torch.randn(4, 3, generator=g),
+        teacher_logits=torch.randn(4, 3, generator=g),
+        epoch=epoch,
+    )
 
 
 def test_kd_with_a_temperature_schedule_uses_the_current_temperature():

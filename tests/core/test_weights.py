@@ -1,12 +1,14 @@
 """Teacher weights from Lightning checkpoints and plain state_dict files."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import digits_student, digits_teacher, tiny_trainer
 from kdlight import DistillationModule
 from kdlight.core.weights import load_weights
+
+from conftest import digits_student, digits_teacher, tiny_trainer
 
 
 def test_loads_a_classifier_checkpoint(teacher_checkpoint):
@@ -52,7 +54,9 @@ def test_wrong_model_lists_missing_and_unexpected_keys(tmp_path):
     torch.save(digits_student().state_dict(), path)
     from kdlight.models import MLP
 
-    with pytest.raises(ValueError, match=r"does not match the teacher model \(MLP\): missing keys \[.*\]; unexpected keys \[.*conv1"):
+    with pytest.raises(
+        ValueError, match=r"does not match the teacher model \(MLP\): missing keys \[.*\]; unexpected keys \[.*conv1"
+    ):
         load_weights(MLP(in_features=64, num_classes=10, hidden=[8]), path)
 
 
@@ -80,7 +84,9 @@ def test_a_directory_lists_its_checkpoints(tmp_path):
 
 
 def test_an_empty_directory_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"is a directory with no .ckpt file in it; give a checkpoint file \(e.g. .*best.ckpt"):
+    with pytest.raises(
+        FileNotFoundError, match=r"is a directory with no .ckpt file in it; give a checkpoint file \(e.g. .*best.ckpt"
+    ):
         load_weights(digits_teacher(), tmp_path)
 
 
@@ -91,7 +97,9 @@ def test_a_lightning_checkpoint_of_another_model_is_one_line(teacher_checkpoint)
         load_weights(MLP(in_features=64, num_classes=10, hidden=[8]), teacher_checkpoint)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"teacher_checkpoint {teacher_checkpoint} does not match the teacher model (MLP): missing keys [")
+    assert message.startswith(
+        f"teacher_checkpoint {teacher_checkpoint} does not match the teacher model (MLP): missing keys ["
+    )
     assert "unexpected keys [" in message and "conv1" in message
 
 

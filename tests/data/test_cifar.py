@@ -1,4 +1,5 @@
 """CIFAR files are read with a restricted unpickler: the genuine format loads, planted code never runs."""
+
 from __future__ import annotations
 
 import pickle
@@ -18,8 +19,12 @@ def _batch(rng: np.random.Generator, label_key: bytes) -> tuple[dict, np.ndarray
     """One file of the official "python version" layout: uint8 rows of 3072 bytes, labels as ints."""
     x = rng.integers(0, 256, size=(N, 3, 32, 32), dtype=np.uint8)
     y = rng.integers(0, 10, size=N)
-    d = {b"batch_label": b"fake batch", label_key: y.tolist(), b"data": x.reshape(N, -1),
-         b"filenames": [f"img_{i}.png".encode() for i in range(N)]}
+    d = {
+        b"batch_label": b"fake batch",
+        label_key: y.tolist(),
+        b"data": x.reshape(N, -1),
+        b"filenames": [f"img_{i}.png".encode() for i in range(N)],
+    }
     if label_key == b"fine_labels":
         d[b"coarse_labels"] = (y // 5).tolist()
     return d, x, y
@@ -100,7 +105,9 @@ def test_planted_file_is_refused_and_its_code_does_not_run(tmp_path, protocol):
     (tmp_path / "marker").unlink()
 
     dm = CIFAR10DataModule(str(tmp_path / "data"), num_workers=0, augment=False)
-    with pytest.raises(UnsafePickleError, match=r"refusing to load .*data_batch_3: it references (builtins|__builtin__)\.exec") as err:
+    with pytest.raises(
+        UnsafePickleError, match=r"refusing to load .*data_batch_3: it references (builtins|__builtin__)\.exec"
+    ) as err:
         dm.setup()
     assert not (tmp_path / "marker").exists()  # the planted code never ran
     assert "\n" not in str(err.value) and "kriz/cifar.html" in str(err.value)
@@ -110,7 +117,9 @@ def test_only_latin1_codecs_and_intact_files_are_accepted(tmp_path):
     # protocol 0-2 pickles rebuild bytes with _codecs.encode(text, "latin1"); other codecs are refused
     crafted = tmp_path / "crafted"
     crafted.write_bytes(b"c_codecs\nencode\n(Vabc\nVrot13\ntR.")
-    with pytest.raises(UnsafePickleError, match=r"refusing to load .*crafted: it calls _codecs.encode with encoding 'rot13'"):
+    with pytest.raises(
+        UnsafePickleError, match=r"refusing to load .*crafted: it calls _codecs.encode with encoding 'rot13'"
+    ):
         load_cifar_pickle(crafted)
     truncated = tmp_path / "truncated"
     d, *_ = _batch(np.random.default_rng(0), b"labels")

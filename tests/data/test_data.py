@@ -1,4 +1,5 @@
 """Tests for kdlight.data: splits, shapes, standardization, MNIST-1D fidelity, local CIFAR."""
+
 from __future__ import annotations
 
 import pickle
@@ -129,7 +130,9 @@ def test_loaders_batches_and_order():
     assert not torch.equal(next(iter(train))["target"], y0)
     # val/test in order, indexed too
     val = next(iter(dm.val_dataloader()))
-    assert torch.equal(val["inputs"], dm.split_tensors("val")[0][:50]) and torch.equal(val["target"], dm.split_tensors("val")[1][:50])
+    assert torch.equal(val["inputs"], dm.split_tensors("val")[0][:50]) and torch.equal(
+        val["target"], dm.split_tensors("val")[1][:50]
+    )
     assert val["index"].tolist() == list(range(50))
     assert torch.equal(next(iter(dm.test_dataloader()))["inputs"], dm.split_tensors("test")[0][:50])
     # workers -> persistent workers
@@ -210,7 +213,11 @@ def test_mnist1d_matches_package(mnist1d_reference, mnist1d_dm):
     tr, va = dm.split_indices["train"], dm.split_indices["val"]
     assert len(np.intersect1d(tr, va)) == 0 and np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(4000))
     _check_stratified(ref["y"], [tr, va])
-    for s, (xk, yk, idx) in {"train": ("x", "y", tr), "val": ("x", "y", va), "test": ("x_test", "y_test", np.arange(1000))}.items():
+    for s, (xk, yk, idx) in {
+        "train": ("x", "y", tr),
+        "val": ("x", "y", va),
+        "test": ("x_test", "y_test", np.arange(1000)),
+    }.items():
         x, y = dm.split_tensors(s)
         assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[1:] == (1, 40)
         assert torch.equal(x[:, 0], torch.from_numpy(ref[xk][idx].astype(np.float32)))
@@ -434,8 +441,13 @@ def test_split_hashes_identify_samples_across_seeds():
     expected = len(set(b.split_indices["val"]) & set(a.split_indices["train"]))
     assert int(torch.isin(b.split_hashes("val"), a.split_hashes("train")).sum()) == expected > 0
     record = a.data_record()
-    assert record["args"] == {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.2, "transfer_size": None,
-                              "transfer_augmentations": ["shift", "noise", "mixup"]}
+    assert record["args"] == {
+        "seed": 0,
+        "val_fraction": 0.15,
+        "test_fraction": 0.2,
+        "transfer_size": None,
+        "transfer_augmentations": ["shift", "noise", "mixup"],
+    }
     assert DigitsDataModule(seed=0, batch_size=7).data_record()["fingerprints"] == record["fingerprints"]
     assert b.data_record()["fingerprints"]["train"] != record["fingerprints"]["train"]
     assert _overlap(a, DigitsDataModule(seed=0)) is None

@@ -1,4 +1,5 @@
 """ShortcutDigitsDataModule: the cue encodes the class in train/val, is random at test, absent when clean."""
+
 from __future__ import annotations
 
 import numpy as np

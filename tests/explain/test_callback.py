@@ -129,12 +129,22 @@ def test_too_many_probes_for_the_validation_set(digits, teacher_checkpoint):
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match=r"unknown attribution method\(s\) \['salience'\]; valid methods are: .*saliency"):
+    with pytest.raises(
+        ValueError,
+        match=r"ExplanationAgreement methods: unknown attribution method 'salience' \(did you mean 'saliency'\?\); "
+        "valid methods are: .*saliency",
+    ):
         ExplanationAgreement(methods=["salience"])
+    with pytest.raises(
+        ValueError, match=r"ExplanationAgreement methods: cannot import attribution method 'my_pkg.Nope'"
+    ):
+        ExplanationAgreement(methods=["my_pkg.Nope"])
     with pytest.raises(ValueError, match="target must be one of teacher, label, student"):
         ExplanationAgreement(target="random")
     with pytest.raises(
-        ValueError, match="'gradcam', which is not an attribution method; valid methods are: .*grad_cam"
+        ValueError,
+        match=r"ExplanationAgreement method_args: unknown attribution method 'gradcam' \(did you mean 'grad_cam'\?\); "
+        "valid methods are: ",
     ):
         ExplanationAgreement(methods=["saliency"], method_args={"gradcam": {"layer": "conv2"}})
     # settings for a known method that is not selected are kept, so `--...methods=[saliency]` works on any config
@@ -409,6 +419,40 @@ class PlainData(LightningDataModule):
         return self.digits.val_dataloader()
 
 
+class DictSamples(torch.utils.data.Dataset):
+    """A dataset whose samples are dicts with the batch field names."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        inputs, target, *_ = self.dataset[index]
+        return {"inputs": inputs, "target": target}
+
+
+class DictData(PlainData):
+    """The digits validation samples as dicts."""
+
+    def val_dataloader(self):
+        from kdlight.core.batch import collate
+
+        dataset = DictSamples(self.digits.val_dataloader().dataset)
+        return torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate)
+
+
+def test_probes_may_be_dict_samples(digits, teacher_checkpoint):
+    module = make_module(teacher_checkpoint)
+    results = []
+    for data in (PlainData(digits), DictData(digits)):
+        callback = small_callback(methods=["saliency"], log_images=False)
+        tiny_trainer(callbacks=[callback]).validate(module, datamodule=data, verbose=False)
+        results.append(callback.last_results)
+    assert results[0] == pytest.approx(results[1], rel=0, abs=0, nan_ok=True) and results[0]
+
+
 def test_k_too_large_is_refused_when_only_the_data_know_the_input_shape(digits, teacher_checkpoint):
     callback = small_callback(methods=["saliency"], k=100, every_n_epochs=2)
     message = _fit_fails_before_training(
@@ -482,10 +526,21 @@ def test_grad_cam_needs_spatial_inputs(teacher_checkpoint):
     from types import SimpleNamespace
 
     with pytest.raises(
-        ValueError, match=re.escape("grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are [30]")
+        ValueError,
+        match=re.escape(
+            "ExplanationAgreement grad_cam explains image, signal inputs, these are tabular [F] inputs of shape [30]; "
+            "remove grad_cam from methods"
+        ),
     ):
         small_callback(methods=["grad_cam"]).check_settings(
             SimpleNamespace(datamodule=None), make_module(teacher_checkpoint), (30,)
+        )
+    # the data module's modality decides, not the inputs' rank
+    from kdlight.core.modality import Tabular
+
+    with pytest.raises(ValueError, match=re.escape("these are tabular [F] inputs of shape [1, 8, 8]")):
+        small_callback(methods=["grad_cam"]).check_settings(
+            SimpleNamespace(datamodule=SimpleNamespace(modality=Tabular())), make_module(teacher_checkpoint), (1, 8, 8)
         )
 
 
@@ -526,6 +581,128 @@ def test_fit_stopped_early_explains_its_final_weights(digits, teacher_checkpoint
 
 
 # --------------------------------------------------------------------------------------------
+# methods and metrics from the registries, localisation, stability, profiler actions
+
+
+def test_a_method_named_by_class_path_logs_what_its_registered_name_does(digits, teacher_checkpoint):
+    path = "kdlight.explain.attribution.gradient.Saliency"
+    callback = small_callback(methods=["saliency", path], log_images=False, faithfulness=False, surrogate=False)
+    tiny_trainer(callbacks=[callback]).validate(make_module(teacher_checkpoint), datamodule=digits, verbose=False)
+    by_name = {
+        k.split("/", 3)[-1]: v for k, v in callback.last_results.items() if k.startswith("val/explain/saliency/")
+    }
+    by_path = {k.split("/", 3)[-1]: v for k, v in callback.last_results.items() if k.startswith(f"val/explain/{path}/")}
+    assert by_path == by_name and set(by_name) == {*AGREEMENT, *CHANCE, "nonfinite"}
+
+
+def test_metrics_option_logs_the_chosen_metrics_and_their_chance_twins(digits, teacher_checkpoint):
+    full = small_callback(methods=["saliency"], log_images=False, faithfulness=False, surrogate=False)
+    chosen = small_callback(
+        methods=["saliency"], log_images=False, faithfulness=False, surrogate=False, metrics=["pearson", "cosine"]
+    )
+    module = make_module(teacher_checkpoint)
+    for callback in (full, chosen):
+        tiny_trainer(callbacks=[callback]).validate(module, datamodule=digits, verbose=False)
+    key = "val/explain/saliency/"
+    names = {k.removeprefix(key) for k in chosen.last_results if k.startswith(key)}
+    assert names == {"pearson", "cosine", "chance_cosine", "nonfinite"}  # only cosine has a chance level of the two
+    assert {k: chosen.last_results[key + k] for k in names} == {k: full.last_results[key + k] for k in names}
+    with pytest.raises(
+        ValueError,
+        match="ExplanationAgreement metrics: 'localisation_mass' compares mask, not two models' maps; valid: cosine, ",
+    ):
+        ExplanationAgreement(metrics=["localisation_mass"])
+    with pytest.raises(ValueError, match="ExplanationAgreement metrics: unknown metric 'cosin'; valid names: "):
+        ExplanationAgreement(metrics=["cosin"])
+
+
+def test_localisation_on_the_shortcut_cue_equals_relevance_mass_of_the_same_maps(teacher_checkpoint):
+    from kdlight.data.shortcut import ShortcutDigitsDataModule
+    from kdlight.explain.attribution import AttributionConfig, attribute
+    from kdlight.explain.localisation import relevance_mass, top_k_hit_rate
+
+    data = ShortcutDigitsDataModule(batch_size=64, seed=0)
+    module = make_module(teacher_checkpoint)
+    callback = small_callback(methods=["saliency"], num_probes=2, log_images=False, faithfulness=False, surrogate=False)
+    tiny_trainer(max_epochs=1, limit_train_batches=3, callbacks=[callback]).fit(module, datamodule=data)
+    x_val, _ = data.split_tensors("val")
+    indices = callback.probe_indices(len(x_val))
+    x, masks = x_val[indices], data.ground_truth_masks("val", indices)
+    assert masks.sum() == 2  # one cue pixel per probe
+    with torch.no_grad():
+        target = module.teacher.eval()(x).argmax(-1)
+    config = AttributionConfig(method="saliency")
+    for role in ("teacher", "student"):
+        maps = attribute(getattr(module, role), x, target, config, modality=data.modality)
+        mass = callback.last_results[f"val/explain/saliency/{role}_localisation_mass"]
+        topk = callback.last_results[f"val/explain/saliency/{role}_localisation_topk"]
+        assert 0.0 <= mass <= 1.0 and 0.0 <= topk <= 1.0
+        assert mass == pytest.approx(float(relevance_mass(maps, masks).mean()), rel=1e-6)
+        assert topk == pytest.approx(float(top_k_hit_rate(maps, masks, k=8).mean()), rel=1e-6)
+
+
+def test_no_localisation_without_ground_truth(digits, teacher_checkpoint):
+    callback = small_callback(methods=["saliency"], log_images=False, faithfulness=False, surrogate=False)
+    tiny_trainer(callbacks=[callback]).validate(make_module(teacher_checkpoint), datamodule=digits, verbose=False)
+    assert not [k for k in callback.last_results if "localisation" in k]
+
+
+def test_stability_of_a_linear_student_and_the_same_noise_for_both_models(digits, teacher_checkpoint):
+    stability = {"noise_scale": 0.05, "n_samples": 3}
+    settings = dict(methods=["saliency"], num_probes=8, log_images=False, faithfulness=False, surrogate=False)
+    linear = make_module(teacher_checkpoint, student=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    callback = small_callback(stability=stability, **settings)
+    tiny_trainer(callbacks=[callback]).validate(linear, datamodule=digits, verbose=False)
+    results = {k.rsplit("/", 1)[-1]: v for k, v in callback.last_results.items()}
+    # a linear model's gradient does not depend on its input: its saliency never moves
+    assert results["student_sensitivity_max"] == 0.0 and results["student_self_agreement"] == pytest.approx(1.0)
+    assert results["teacher_sensitivity_max"] > 0.0 and -1.0 <= results["teacher_self_agreement"] <= 1.0
+    top_k = small_callback(stability={**stability, "agreement": "feature_agreement"}, **settings)  # takes k
+    tiny_trainer(callbacks=[top_k]).validate(linear, datamodule=digits, verbose=False)
+    assert top_k.last_results["val/explain/saliency/student_self_agreement"] == 1.0
+    # teacher and student see the same noise: a student identical to the teacher scores the same
+    clone = make_module(teacher_checkpoint, student=digits_teacher())
+    clone.student.load_state_dict(clone.teacher.state_dict())
+    callback = small_callback(stability=stability, **settings)
+    tiny_trainer(callbacks=[callback]).validate(clone, datamodule=digits, verbose=False)
+    for name in ("sensitivity_max", "self_agreement"):
+        key = f"val/explain/saliency/{{}}_{name}"
+        assert callback.last_results[key.format("teacher")] == callback.last_results[key.format("student")]
+    assert callback.last_results["val/explain/saliency/teacher_sensitivity_max"] == results["teacher_sensitivity_max"]
+
+
+def test_stability_settings_are_checked_on_construction():
+    with pytest.raises(ValueError, match=r"unknown stability option\(s\) \['noise'\]; valid: noise_scale, n_samples"):
+        ExplanationAgreement(stability={"noise": 0.1})
+    with pytest.raises(ValueError, match="stability n_samples must be an integer >= 1, got 0"):
+        ExplanationAgreement(stability={"n_samples": 0})
+    with pytest.raises(ValueError, match="stability agreement 'top1_agreement' compares logits, not two maps"):
+        ExplanationAgreement(stability={"agreement": "top1_agreement"})
+
+
+def test_the_parts_of_a_run_are_reported_to_the_trainers_profiler(digits, teacher_checkpoint):
+    from lightning.pytorch.profilers import Profiler
+
+    class Actions(Profiler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def start(self, action_name: str) -> None:
+            self.names.add(action_name)
+
+        def stop(self, action_name: str) -> None:
+            pass
+
+    profiler = Actions()
+    tiny_trainer(profiler=profiler, callbacks=[small_callback(methods=["saliency"], log_images=False)]).validate(
+        make_module(teacher_checkpoint), datamodule=digits, verbose=False
+    )
+    parts = ("teacher_side", "attribution", "chance_level", "faithfulness", "surrogate")
+    assert {f"kdlight.explain.{part}" for part in parts} <= profiler.names
+
+
+# --------------------------------------------------------------------------------------------
 # names and imports
 
 
@@ -556,7 +733,8 @@ def test_explain_package_imports_the_callback_on_first_use():
     assert explain.ExplanationAgreement is callback.ExplanationAgreement
     assert all(getattr(explain, name) is not None for name in explain.__all__)
     code = (
-        "import sys, kdlight.explain, kdlight.explain.methods; kdlight.explain.attribute; "
+        "import sys, kdlight.explain, kdlight.explain.attribution; kdlight.explain.attribute; kdlight.explain.get_method; "
+        "kdlight.explain.metric_names(); "
         "print(sorted(n for n in ('lightning', 'pandas', 'kdlight.explain.callback') if n in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,4 +1,5 @@
 """Localisation of a map on known relevant features: hand-computed values, invariants, the shortcut cue."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Accumulating agreement metrics: means over updates, NaN skipping, per-class tables, DDP sync."""
+
 from __future__ import annotations
 
 import os
@@ -80,7 +81,11 @@ def test_every_built_in_metric_is_declared_once_with_its_metadata():
     for name, (compares, higher, uses_k, chance) in BUILT_IN.items():
         spec = metric_spec(name)
         assert (spec.name, spec.compares, spec.higher_is_better, spec.uses_k, spec.has_chance) == (
-            name, compares, higher, uses_k, chance
+            name,
+            compares,
+            higher,
+            uses_k,
+            chance,
         )
         assert AgreementMean(name, k=K if uses_k else None).higher_is_better is higher
     assert metric_names("maps")[:8] == [n for n, meta in BUILT_IN.items() if meta[0] == "maps"]
@@ -89,8 +94,12 @@ def test_every_built_in_metric_is_declared_once_with_its_metadata():
 
 
 def test_unknown_names_are_one_line_listing_the_valid_ones():
-    for make in (lambda: AgreementMean("cosin"), lambda: PerClassAgreement("nope", num_classes=3),
-                 lambda: AgreementCollection(K, names=["cosine", "nope"]), lambda: metric_spec(3)):
+    for make in (
+        lambda: AgreementMean("cosin"),
+        lambda: PerClassAgreement("nope", num_classes=3),
+        lambda: AgreementCollection(K, names=["cosine", "nope"]),
+        lambda: metric_spec(3),
+    ):
         with pytest.raises(ValueError) as err:
             make()
         message = str(err.value)

@@ -1,4 +1,5 @@
 """Explanation stability: Captum's max-sensitivity and a map's agreement with itself under seeded noise."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Per-sample explanation agreement and prediction fidelity against independent references."""
+
 from __future__ import annotations
 
 import itertools
@@ -234,9 +235,7 @@ EX2 = {
 }
 
 
-@pytest.mark.parametrize(
-    "a, b, table", [(EX1_A, EX1_B, EX1), (EX2_A, EX2_B, EX2)], ids=["example1", "example2"]
-)
+@pytest.mark.parametrize("a, b, table", [(EX1_A, EX1_B, EX1), (EX2_A, EX2_B, EX2)], ids=["example1", "example2"])
 def test_krishna_hand_examples(a, b, table):
     # put the example in a batch next to an unrelated row to check rows stay independent
     f = len(a)
@@ -376,7 +375,10 @@ def test_low_and_high_precision_inputs_computed_in_float32(dtype):
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, fn(a32, b32, 4))
     # the Spearman reference still holds on the rounded half values (ties included)
-    ref = [stats.spearmanr(np.abs(a32[i].reshape(-1).numpy()), np.abs(b32[i].reshape(-1).numpy())).statistic for i in range(5)]
+    ref = [
+        stats.spearmanr(np.abs(a32[i].reshape(-1).numpy()), np.abs(b32[i].reshape(-1).numpy())).statistic
+        for i in range(5)
+    ]
     np.testing.assert_allclose(rank_correlation(a, b).numpy(), ref, atol=1e-6)
     s, t = a.reshape(5, -1)[:, :6], b.reshape(5, -1)[:, :6]
     assert predictive_kl(s, t).dtype == torch.float32
@@ -433,9 +435,7 @@ def test_predictive_kl_matches_numpy():
     ref = (np.exp(lt) * (lt - ls)).sum(axis=1)  # KL(p_t || p_s)
     np.testing.assert_allclose(predictive_kl(s, t).numpy(), ref, rtol=1e-5, atol=1e-6)
     # scipy.stats.entropy(p, q) is KL(p || q)
-    assert predictive_kl(s[:1], t[:1]).item() == pytest.approx(
-        stats.entropy(np.exp(lt[0]), np.exp(ls[0])), rel=1e-5
-    )
+    assert predictive_kl(s[:1], t[:1]).item() == pytest.approx(stats.entropy(np.exp(lt[0]), np.exp(ls[0])), rel=1e-5)
     # direction matters: KL(p_t||p_s) != KL(p_s||p_t) in general
     assert not torch.allclose(predictive_kl(s, t), predictive_kl(t, s))
     assert predictive_kl(s, s).abs().max().item() < 1e-6

@@ -5,6 +5,7 @@ fixtures/make_distillation_reference.py, a numpy/float64 implementation written 
 from the formulas (not from kdlight). Inputs are rebuilt from the stored seeds with that
 script's ``make_inputs``; stored checksums catch a change in numpy's random stream.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 
 from kdlight.functional.distillation import (
     __all__ as PUBLIC,
+)
+from kdlight.functional.distillation import (
     attention_transfer_loss,
     dkd_loss,
     kd_loss,
@@ -45,13 +48,10 @@ DTYPES = [torch.float64, torch.float32]
 def _inputs(case: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     arrays = _gen.make_inputs(case["seed"], case["shapes"], case["scale"], case.get("num_classes"))
     for name, value in case["checksum"].items():
-        assert float(np.asarray(arrays[name], dtype=np.float64).sum()) == pytest.approx(
-            value, rel=1e-12, abs=1e-12
-        ), "numpy's random stream changed; regenerate the fixture"
-    return {
-        k: torch.from_numpy(v) if k == "target" else torch.from_numpy(v).to(dtype)
-        for k, v in arrays.items()
-    }
+        assert float(np.asarray(arrays[name], dtype=np.float64).sum()) == pytest.approx(value, rel=1e-12, abs=1e-12), (
+            "numpy's random stream changed; regenerate the fixture"
+        )
+    return {k: torch.from_numpy(v) if k == "target" else torch.from_numpy(v).to(dtype) for k, v in arrays.items()}
 
 
 def _ids(cases: list[dict]) -> list[str]:
@@ -60,8 +60,13 @@ def _ids(cases: list[dict]) -> list[str]:
 
 def test_public_names():
     assert set(PUBLIC) == {
-        "kd_loss", "dkd_loss", "attention_transfer_loss", "rkd_loss",
-        "rkd_distance_loss", "rkd_angle_loss", "pkt_loss",
+        "kd_loss",
+        "dkd_loss",
+        "attention_transfer_loss",
+        "rkd_loss",
+        "rkd_distance_loss",
+        "rkd_angle_loss",
+        "pkt_loss",
     }
 
 
@@ -78,10 +83,8 @@ def test_kd_and_dkd_match_reference(case, dtype):
     assert out.dtype == dtype and out.dim() == 0
     assert out.item() == pytest.approx(case["kd"], **tol)
     # TCKD alone (alpha=1, beta=0), NCKD alone (alpha=0, beta=1), and the defaults
-    assert dkd_loss(s, t, y, alpha=1.0, beta=0.0, temperature=T).item() == pytest.approx(
-        case["tckd"], **tol)
-    assert dkd_loss(s, t, y, alpha=0.0, beta=1.0, temperature=T).item() == pytest.approx(
-        case["nckd"], **tol)
+    assert dkd_loss(s, t, y, alpha=1.0, beta=0.0, temperature=T).item() == pytest.approx(case["tckd"], **tol)
+    assert dkd_loss(s, t, y, alpha=0.0, beta=1.0, temperature=T).item() == pytest.approx(case["nckd"], **tol)
     assert dkd_loss(s, t, y, temperature=T).item() == pytest.approx(case["dkd_default"], **tol)
 
 
@@ -93,8 +96,7 @@ def test_attention_transfer_matches_reference(case, dtype):
     assert out.dtype == dtype and out.dim() == 0
     assert out.item() == pytest.approx(case["at"], **TOL[dtype])
     # symmetric in its arguments
-    assert attention_transfer_loss(x["teacher"], x["student"]).item() == pytest.approx(
-        case["at"], **TOL[dtype])
+    assert attention_transfer_loss(x["teacher"], x["student"]).item() == pytest.approx(case["at"], **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,8 +108,7 @@ def test_rkd_and_pkt_match_reference(case, dtype):
     assert rkd_distance_loss(s, t).item() == pytest.approx(case["rkd_distance"], **tol)
     assert rkd_angle_loss(s, t).item() == pytest.approx(case["rkd_angle"], **tol)
     assert rkd_loss(s, t).item() == pytest.approx(case["rkd"], **tol)
-    assert rkd_loss(s, t, distance_weight=1.0, angle_weight=0.0).item() == pytest.approx(
-        case["rkd_distance"], **tol)
+    assert rkd_loss(s, t, distance_weight=1.0, angle_weight=0.0).item() == pytest.approx(case["rkd_distance"], **tol)
     assert pkt_loss(s, t).item() == pytest.approx(case["pkt"], **tol)
 
 
@@ -161,10 +162,10 @@ def test_temperature_squared_scaling(T):
     plain = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean")
     assert kd_loss(s, t, T).item() == pytest.approx(T * T * plain.item(), rel=1e-10)
     # logits scaled by T at temperature T give T^2 times the loss at temperature 1
-    assert kd_loss(T * s, T * t, T).item() == pytest.approx(T * T * kd_loss(s, t, 1.0).item(),
-                                                            rel=1e-10)
+    assert kd_loss(T * s, T * t, T).item() == pytest.approx(T * T * kd_loss(s, t, 1.0).item(), rel=1e-10)
     assert dkd_loss(T * s, T * t, y, temperature=T).item() == pytest.approx(
-        T * T * dkd_loss(s, t, y, temperature=1.0).item(), rel=1e-10)
+        T * T * dkd_loss(s, t, y, temperature=1.0).item(), rel=1e-10
+    )
 
 
 def test_kd_batchmean_not_elementwise_mean():
@@ -176,8 +177,7 @@ def test_kd_batchmean_not_elementwise_mean():
 def test_attention_pools_larger_map_like_explicit_pooling():
     fs, ft = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4)
     pooled = F.adaptive_avg_pool2d(fs, (4, 4))
-    assert attention_transfer_loss(fs, ft).item() == pytest.approx(
-        attention_transfer_loss(pooled, ft).item(), rel=1e-6)
+    assert attention_transfer_loss(fs, ft).item() == pytest.approx(attention_transfer_loss(pooled, ft).item(), rel=1e-6)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -243,8 +243,15 @@ def test_half_inputs_give_finite_float32(dtype):
     ft = (20 * torch.randn(2, 5, 4, 4)).to(dtype)
     es = (50 * torch.randn(6, 16)).to(dtype).requires_grad_()
     et = (50 * torch.randn(6, 8)).to(dtype)
-    losses = [kd_loss(s, t), kd_loss(s, t, 1.0), dkd_loss(s, t, y), dkd_loss(s, t, y, 1, 8, 1.0),
-              attention_transfer_loss(fs, ft), rkd_loss(es, et), pkt_loss(es, et)]
+    losses = [
+        kd_loss(s, t),
+        kd_loss(s, t, 1.0),
+        dkd_loss(s, t, y),
+        dkd_loss(s, t, y, 1, 8, 1.0),
+        attention_transfer_loss(fs, ft),
+        rkd_loss(es, et),
+        pkt_loss(es, et),
+    ]
     for loss in losses:
         assert loss.dtype == torch.float32
         assert torch.isfinite(loss)
@@ -252,8 +259,7 @@ def test_half_inputs_give_finite_float32(dtype):
     for x in (s, fs, es):
         assert x.grad is not None and x.grad.dtype == dtype and torch.isfinite(x.grad).all()
     # half result is close to the float32 result on the same (rounded) values
-    assert kd_loss(s, t).item() == pytest.approx(
-        kd_loss(s.detach().float(), t.float()).item(), rel=1e-6)
+    assert kd_loss(s, t).item() == pytest.approx(kd_loss(s.detach().float(), t.float()).item(), rel=1e-6)
 
 
 def test_dkd_confident_teacher_is_finite():
@@ -299,8 +305,7 @@ def test_batch_mismatch_raises(call):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("fn", [kd_loss, lambda s, t: dkd_loss(s, t, torch.tensor([0, 1]))],
-                         ids=["kd", "dkd"])
+@pytest.mark.parametrize("fn", [kd_loss, lambda s, t: dkd_loss(s, t, torch.tensor([0, 1]))], ids=["kd", "dkd"])
 def test_class_count_mismatch_raises(fn):
     with pytest.raises(ValueError, match=r"class counts differ.*\(2, 3\).*\(2, 5\)") as info:
         fn(torch.randn(2, 3), torch.randn(2, 5))

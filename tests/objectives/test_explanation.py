@@ -1,4 +1,5 @@
 """The explanation-matching term (e2KD): value, gradients and validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlight.objectives import ExplanationMatching
 from kdlight.core.step import DistillStep
+from kdlight.objectives import ExplanationMatching
 
 
 def small_cnn(seed: int) -> nn.Module:
@@ -20,8 +21,9 @@ def make_step():
     x = torch.randn(6, 1, 8, 8)
     with torch.no_grad():
         t_logits = teacher(x)
-    return DistillStep(inputs=x, target=None, student_logits=student(x), teacher_logits=t_logits,
-                       student=student, teacher=teacher)
+    return DistillStep(
+        inputs=x, target=None, student_logits=student(x), teacher_logits=t_logits, student=student, teacher=teacher
+    )
 
 
 @pytest.mark.parametrize("kind", ["saliency", "input_x_gradient", "grad_cam", "integrated_gradients"])

@@ -1,14 +1,15 @@
 """MultiTeacherKD against float64 NumPy hand computations of the two multi-teacher losses."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from kdlight.objectives import KD
-from kdlight.objectives.multi_teacher import MultiTeacherKD, averaged_kd_loss
 from kdlight.core.schedules import Cosine
 from kdlight.core.step import DistillStep, total_loss
+from kdlight.objectives import KD
+from kdlight.objectives.multi_teacher import MultiTeacherKD, averaged_kd_loss
 
 B, C = 6, 5
 

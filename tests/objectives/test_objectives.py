@@ -1,13 +1,14 @@
 """Objective modules: their terms, weights, trainable parts and validation."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kdlight.core.step import DistillStep, total_loss
 from kdlight.functional.distillation import attention_transfer_loss, dkd_loss, kd_loss, pkt_loss, rkd_loss
 from kdlight.objectives import DKD, KD, PKT, RKD, AttentionTransfer, Composite, CrossEntropy, Hint
-from kdlight.core.step import DistillStep, total_loss
 
 
 def make_step(features=None, epoch=0, batch=6, classes=5, labeled=True) -> DistillStep:
@@ -61,11 +62,15 @@ def test_alpha_out_of_range():
 
 def test_dkd_warmup_follows_the_reference_schedule():
     objective = DKD(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20)
-    assert [by_name(objective(make_step(epoch=e)))["dkd"].weight for e in (0, 9, 19, 50)] == pytest.approx([0.05, 0.5, 1.0, 1.0])
+    assert [by_name(objective(make_step(epoch=e)))["dkd"].weight for e in (0, 9, 19, 50)] == pytest.approx(
+        [0.05, 0.5, 1.0, 1.0]
+    )
     step = make_step(epoch=4)
     terms = by_name(objective(step))
     assert terms["dkd"].weight == pytest.approx(0.25)
-    assert torch.allclose(terms["dkd"].value, dkd_loss(step.student_logits, step.teacher_logits, step.target, 1.0, 8.0, 4.0))
+    assert torch.allclose(
+        terms["dkd"].value, dkd_loss(step.student_logits, step.teacher_logits, step.target, 1.0, 8.0, 4.0)
+    )
     assert by_name(DKD(warmup_epochs=0)(make_step(epoch=0)))["dkd"].weight == 1.0
     with pytest.raises(ValueError, match="DKD needs labels"):
         objective(make_step(labeled=False))

@@ -1,4 +1,5 @@
 """Every objective refuses a silently-wrong argument at construction with one clear line."""
+
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ import re
 import pytest
 import torch
 
+from kdlight.core.schedules import Constant, Cosine, LinearWarmup, Schedule
+from kdlight.core.step import DistillStep
 from kdlight.objectives import (
     DKD,
     KD,
@@ -20,8 +23,6 @@ from kdlight.objectives import (
     MultiTeacherKD,
 )
 from kdlight.objectives.base import check_arg
-from kdlight.core.schedules import Constant, Cosine, LinearWarmup, Schedule
-from kdlight.core.step import DistillStep
 
 NEG = -0.5
 
@@ -85,12 +86,16 @@ BAD = [
 
 
 def owner_name(factory) -> str:
-    return {hint: "Hint", at: "AttentionTransfer", mt: "MultiTeacherKD", composite: "Composite"}.get(factory, getattr(factory, "__name__", ""))
+    return {hint: "Hint", at: "AttentionTransfer", mt: "MultiTeacherKD", composite: "Composite"}.get(
+        factory, getattr(factory, "__name__", "")
+    )
 
 
 def case_id(case) -> str:
     factory, kwargs, _ = case
-    return f"{owner_name(factory)}-" + "-".join(f"{k}={type(v).__name__ if isinstance(v, Schedule) else v}" for k, v in kwargs.items())
+    return f"{owner_name(factory)}-" + "-".join(
+        f"{k}={type(v).__name__ if isinstance(v, Schedule) else v}" for k, v in kwargs.items()
+    )
 
 
 @pytest.mark.parametrize(("factory", "kwargs", "argument"), BAD, ids=[case_id(c) for c in BAD])
@@ -100,7 +105,9 @@ def test_bad_argument_is_a_one_line_error_naming_it(factory, kwargs, argument):
     message = str(info.value)
     assert "\n" not in message
     # "<argument> must <range>, got <value> in <Objective>; <fix>"
-    assert re.fullmatch(rf"{re.escape(argument)}( and \w+)? must .+, got .+ in {owner_name(factory)}; \S.+", message), message
+    assert re.fullmatch(rf"{re.escape(argument)}( and \w+)? must .+, got .+ in {owner_name(factory)}; \S.+", message), (
+        message
+    )
 
 
 def test_messages_read_as_documented():
@@ -186,9 +193,13 @@ def test_a_scheduled_weight_that_goes_negative_is_refused_at_that_step():
 
     def step(epoch):
         return DistillStep(
-            inputs=torch.randn(4, 3, generator=g), target=None,
-            student_logits=torch.randn(4, 5, generator=g), teacher_logits=torch.randn(4, 5, generator=g),
-            student_features={}, teacher_features={}, epoch=epoch,
+            inputs=torch.randn(4, 3, generator=g),
+            target=None,
+            student_logits=torch.randn(4, 5, generator=g),
+            teacher_logits=torch.randn(4, 5, generator=g),
+            student_features={},
+            teacher_features={},
+            epoch=epoch,
         )
 
     (term,) = objective(step(1))

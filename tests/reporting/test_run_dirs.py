@@ -1,4 +1,5 @@
 """Run directories: no command loses or rewrites what an earlier command wrote."""
+
 from __future__ import annotations
 
 import csv
@@ -12,14 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
 from kdlight.analysis import load_run
 from kdlight.cli import main
 from kdlight.reporting.runs import TEMP_MARK, AtomicCheckpointIO, RunCSVLogger, next_version
 
+from conftest import REPO
+
 DIGITS = REPO / "configs" / "digits"
-QUICK = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
-         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+QUICK = [
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
 RUN = Path("runs/digits/teacher")
 
 
@@ -33,8 +40,11 @@ def fit_teacher(*args: str):
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (links followed) with its content's hash."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def epochs_validated(metrics: Path) -> list[int]:
@@ -96,8 +106,10 @@ def test_resume_with_nothing_left_to_train_keeps_the_history():
 
 def test_resuming_an_earlier_checkpoint_in_place_needs_overwrite():
     every_epoch = Path("every_epoch.yaml")
-    every_epoch.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                           "      init_args: {filename: '{epoch}', save_top_k: -1}\n")
+    every_epoch.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {filename: '{epoch}', save_top_k: -1}\n"
+    )
     fit_teacher("--trainer.max_epochs=2", "-c", str(every_epoch))
     early = RUN / "version_0" / "epoch=0.ckpt"
     assert early.is_file()
@@ -112,9 +124,16 @@ def test_a_fit_that_fails_before_its_first_step_leaves_the_directory_as_it_was(c
     fit_teacher()
     before = snapshot(RUN)
     with pytest.raises(SystemExit):
-        kdlight("fit", "-c", str(DIGITS / "kd.yaml"), "--run_dir", str(RUN), *QUICK,
-                f"--model.init_args.teacher_checkpoint={RUN / 'best.ckpt'}",
-                "--model.init_args.student.init_args.num_classes=5")
+        kdlight(
+            "fit",
+            "-c",
+            str(DIGITS / "kd.yaml"),
+            "--run_dir",
+            str(RUN),
+            *QUICK,
+            f"--model.init_args.teacher_checkpoint={RUN / 'best.ckpt'}",
+            "--model.init_args.student.init_args.num_classes=5",
+        )
     assert "10 classes but student outputs 5" in capsys.readouterr().err
     assert snapshot(RUN) == before
     assert sorted(p.name for p in RUN.iterdir()) == ["best.ckpt", "last.ckpt", "latest", "version_0"]
@@ -224,7 +243,16 @@ def test_next_version_counts_past_the_highest():
 
 
 def test_no_run_dir_keeps_lightning_defaults():
-    kdlight("fit", "-c", str(DIGITS / "teacher.yaml"), "--run_dir=null", "--trainer.max_epochs=1", *QUICK,
-            "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
+    kdlight(
+        "fit",
+        "-c",
+        str(DIGITS / "teacher.yaml"),
+        "--run_dir=null",
+        "--trainer.max_epochs=1",
+        *QUICK,
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+    )
     assert not Path("runs").exists()
     assert os.listdir(".") == [] or all(not p.startswith("runs") for p in os.listdir("."))

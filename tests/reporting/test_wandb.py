@@ -5,6 +5,7 @@ package no longer has a reader for its ``run-<id>.wandb`` file, so the run is re
 :func:`kdlight.analysis.read_wandb_records` (the raw records) and :func:`kdlight.analysis.load_run`;
 media files are checked under ``files/media``.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,10 @@ import pytest
 import yaml
 
 import kdlight.cli
-from conftest import REPO
 from kdlight.analysis import load_run, read_wandb_records
 from kdlight.reporting.artifacts import CLI_CONFIG_KEY, LoggerSaveConfigCallback
+
+from conftest import REPO
 
 wandb = pytest.importorskip("wandb")
 
@@ -74,7 +76,9 @@ def _raw_run(run_dir: Path) -> tuple[set[str], dict]:
         if kind == "history":
             keys.update(item.key or item.nested_key[0] for item in record.history.item)
         elif kind == "config":
-            config.update({item.key or item.nested_key[0]: json.loads(item.value_json) for item in record.config.update})
+            config.update(
+                {item.key or item.nested_key[0]: json.loads(item.value_json) for item in record.config.update}
+            )
     return keys, config
 
 
@@ -82,13 +86,27 @@ def test_fit_with_the_wandb_fragment_logs_everything_offline(tmp_path, offline_w
     monkeypatch.setattr(kdlight.cli, "KDLightCLI", _CLIWithConfigLogging)
     (tmp_path / "callbacks.yaml").write_text(CALLBACKS)
     save_dir = tmp_path / "wandb-runs"
-    cli = kdlight.cli.main([
-        "fit", "-c", str(REPO / "configs" / "digits" / "kd.yaml"), "-c", str(FRAGMENT), "-c", str(tmp_path / "callbacks.yaml"),
-        "--model.init_args.teacher_checkpoint=null", "--model.init_args.teacher_as_given=true", "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", f"--run_dir={save_dir}",  # the logger follows run_dir
-        "--trainer.logger.init_args.offline=true",
-    ])
+    cli = kdlight.cli.main(
+        [
+            "fit",
+            "-c",
+            str(REPO / "configs" / "digits" / "kd.yaml"),
+            "-c",
+            str(FRAGMENT),
+            "-c",
+            str(tmp_path / "callbacks.yaml"),
+            "--model.init_args.teacher_checkpoint=null",
+            "--model.init_args.teacher_as_given=true",
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--run_dir={save_dir}",  # the logger follows run_dir
+            "--trainer.logger.init_args.offline=true",
+        ]
+    )
     logger = cli.trainer.logger
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
@@ -96,10 +114,20 @@ def test_fit_with_the_wandb_fragment_logs_everything_offline(tmp_path, offline_w
 
     keys, config = _raw_run(run_dir)
     for key in ("train/loss", "train/loss_kd", "train/loss_ce"):  # step values as <key> or <key>_step
-        assert {key, f"{key}_step"} & keys and f"{key}_epoch" in keys, f"{key} missing from the W&B history: {sorted(keys)}"
-    for key in ("val/acc", "val/agreement", "val/teacher_acc", "val/explain/saliency/rank_correlation",
-                "val/explain/saliency/chance_rank_correlation", "val/explain/saliency/heatmaps",
-                "val/explain/saliency/per_class", "epoch", "trainer/global_step"):
+        assert {key, f"{key}_step"} & keys and f"{key}_epoch" in keys, (
+            f"{key} missing from the W&B history: {sorted(keys)}"
+        )
+    for key in (
+        "val/acc",
+        "val/agreement",
+        "val/teacher_acc",
+        "val/explain/saliency/rank_correlation",
+        "val/explain/saliency/chance_rank_correlation",
+        "val/explain/saliency/heatmaps",
+        "val/explain/saliency/per_class",
+        "epoch",
+        "trainer/global_step",
+    ):
         assert key in keys, f"{key} missing from the W&B history; it has {sorted(keys)}"
 
     # heatmap figures and per-class tables: per explained epoch, or once at the end of fit
@@ -150,10 +178,18 @@ def test_read_wandb_records_rejects_other_files(tmp_path):
 def test_config_callback_leaves_csv_logs_alone(tmp_path):
     """With a CSVLogger the resolved config stays in config.yaml beside metrics.csv, not in hparams.yaml."""
     kdlight.cli.KDLightCLI(
-        args=["fit", "-c", str(REPO / "configs" / "digits" / "scratch.yaml"), "--trainer.callbacks=[]",
-              "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-              f"--run_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-              "--trainer.enable_model_summary=false"],
+        args=[
+            "fit",
+            "-c",
+            str(REPO / "configs" / "digits" / "scratch.yaml"),
+            "--trainer.callbacks=[]",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+            f"--run_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ],
         save_config_callback=LoggerSaveConfigCallback,
     )
     assert yaml.safe_load((tmp_path / "version_0" / "config.yaml").read_text())["trainer"]["max_epochs"] == 1

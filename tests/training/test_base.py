@@ -1,4 +1,5 @@
 """kdlight.training.base: training-log arithmetic, batch forms, dry runs."""
+
 from __future__ import annotations
 
 import warnings
@@ -68,7 +69,9 @@ class UserData(LightningDataModule):
 @pytest.mark.parametrize("form", sorted(UserData.COLLATE))
 def test_every_batch_form_trains_and_validates_alike(form):
     seed_everything(0, verbose=False)
-    module = ClassifierModule(MLP(in_features=6, num_classes=3, hidden=[8]), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module = ClassifierModule(
+        MLP(in_features=6, num_classes=3, hidden=[8]), optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
     trainer = tiny_trainer(max_epochs=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # e.g. Lightning's "ambiguous collection" batch size

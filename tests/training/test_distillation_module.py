@@ -1,4 +1,5 @@
 """DistillationModule: frozen teacher, optimizer contents, logging, metrics, errors."""
+
 from __future__ import annotations
 
 import warnings
@@ -36,7 +37,9 @@ class TeacherModeRecorder(Callback):
 
 
 def test_teacher_is_bit_identical_and_in_eval_mode_after_fit(digits, teacher_checkpoint):
-    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam
+    )
     before = snapshot(module.teacher)  # parameters and BatchNorm buffers
     recorder = TeacherModeRecorder()
     tiny_trainer(max_epochs=2, callbacks=[recorder]).fit(module, datamodule=digits)
@@ -51,7 +54,9 @@ def test_teacher_is_bit_identical_and_in_eval_mode_after_fit(digits, teacher_che
 
 
 def test_student_learns_while_teacher_does_not(digits, teacher_checkpoint):
-    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam
+    )
     student_before = snapshot(module.student)
     tiny_trainer(max_epochs=1).fit(module, datamodule=digits)
     changed = [k for k, v in module.student.state_dict().items() if not torch.equal(v, student_before[k])]
@@ -61,7 +66,9 @@ def test_student_learns_while_teacher_does_not(digits, teacher_checkpoint):
 
 def test_optimizer_holds_student_and_regressor_but_never_the_teacher(digits):
     objective = Composite([KD(), Hint(student_layer="conv2", teacher_layer="conv2")])
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True
+    )
     trainer = tiny_trainer(max_steps=1)
     trainer.fit(module, datamodule=digits)
     in_optimizer = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
@@ -73,18 +80,29 @@ def test_optimizer_holds_student_and_regressor_but_never_the_teacher(digits):
 
 def test_every_term_is_logged_and_total_is_weighted_sum(digits):
     objective = Composite([KD(temperature=2.0, alpha=0.7), AttentionTransfer(["conv2"], ["conv2"], weight=10.0)])
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True
+    )
     trainer = tiny_trainer(max_steps=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     metrics = trainer.callback_metrics
-    for name in ("train/loss", "train/loss_kd", "train/loss_ce", "train/loss_at", "train/loss_epoch", "train/loss_kd_epoch"):
+    for name in (
+        "train/loss",
+        "train/loss_kd",
+        "train/loss_ce",
+        "train/loss_at",
+        "train/loss_epoch",
+        "train/loss_kd_epoch",
+    ):
         assert name in metrics, name
     expected = 0.3 * metrics["train/loss_ce"] + 0.7 * metrics["train/loss_kd"] + 10.0 * metrics["train/loss_at"]
     assert torch.allclose(metrics["train/loss"], expected, rtol=1e-5)
 
 
 def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint):
-    module = DistillationModule(digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam
+    )
     trainer = tiny_trainer()
     trainer.validate(module, datamodule=digits, verbose=False)
     x, y = digits.split_tensors("val")
@@ -103,14 +121,20 @@ def test_validation_metrics_match_manual_computation(digits, teacher_checkpoint)
 def test_output_size_mismatch_names_both_sizes(digits):
     from kdlight.models import MLP
 
-    module = DistillationModule(digits_teacher(), MLP(in_features=64, num_classes=7, hidden=[8]), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), MLP(in_features=64, num_classes=7, hidden=[8]), optimizer=adam, teacher_as_given=True
+    )
     with pytest.raises(ValueError, match="teacher outputs 10 classes but student outputs 7"):
         tiny_trainer(max_steps=1).fit(module, datamodule=digits)
 
 
 def test_unknown_layer_lists_available_names(digits):
     module = DistillationModule(
-        digits_teacher(), digits_student(), objective=Hint(student_layer="layer9", teacher_layer="conv2"), optimizer=adam, teacher_as_given=True
+        digits_teacher(),
+        digits_student(),
+        objective=Hint(student_layer="layer9", teacher_layer="conv2"),
+        optimizer=adam,
+        teacher_as_given=True,
     )
     with pytest.raises(ValueError, match=r"student has no submodule 'layer9'; valid names are: .*conv1"):
         tiny_trainer(max_steps=1).fit(module, datamodule=digits)
@@ -118,17 +142,24 @@ def test_unknown_layer_lists_available_names(digits):
 
 class NaNObjective(Objective):
     def forward(self, step):
-        return [LossTerm("ce", F.cross_entropy(step.student_logits, step.target)), LossTerm("boom", step.student_logits.sum() * float("nan"))]
+        return [
+            LossTerm("ce", F.cross_entropy(step.student_logits, step.target)),
+            LossTerm("boom", step.student_logits.sum() * float("nan")),
+        ]
 
 
 def test_nan_loss_stops_training_naming_the_term(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True
+    )
     with pytest.raises(NonFiniteLossError, match=r"loss term boom=nan at epoch 0, step 0"):
         tiny_trainer(max_steps=3, log_every_n_steps=1).fit(module, datamodule=digits)
 
 
 def test_nan_between_logging_steps_is_caught_at_the_next_one(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=NaNObjective(), optimizer=adam, teacher_as_given=True
+    )
     with pytest.raises(NonFiniteLossError, match=r"loss term .*boom=nan at epoch 0, steps 0-4"):
         tiny_trainer(max_steps=8, log_every_n_steps=5).fit(module, datamodule=digits)
 
@@ -154,20 +185,28 @@ def test_same_instance_for_teacher_and_student_is_refused():
 
 def test_hint_regressor_is_saved_and_restored(digits, tmp_path):
     objective = Hint(student_layer="conv2", teacher_layer="conv2")
-    module = DistillationModule(digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=objective, optimizer=adam, teacher_as_given=True
+    )
     trainer = tiny_trainer(max_steps=2)
     trainer.fit(module, datamodule=digits)
     path = tmp_path / "distilled.ckpt"
     trainer.save_checkpoint(path)
     restored = DistillationModule.load_from_checkpoint(
-        path, teacher=digits_teacher(), student=digits_student(), objective=Hint(student_layer="conv2", teacher_layer="conv2"), weights_only=False
+        path,
+        teacher=digits_teacher(),
+        student=digits_student(),
+        objective=Hint(student_layer="conv2", teacher_layer="conv2"),
+        weights_only=False,
     )
     for key, value in module.objective.state_dict().items():
         assert torch.equal(restored.objective.state_dict()[key], value)
 
 
 def test_cross_entropy_only_objective_needs_no_teacher_signal(digits):
-    module = DistillationModule(digits_teacher(), digits_student(), objective=CrossEntropy(), optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), digits_student(), objective=CrossEntropy(), optimizer=adam, teacher_as_given=True
+    )
     trainer = tiny_trainer(max_steps=2, log_every_n_steps=1)
     trainer.fit(module, datamodule=digits)
     assert "train/loss_ce" in trainer.callback_metrics and "train/loss_kd" not in trainer.callback_metrics
@@ -182,11 +221,23 @@ def _eval_mode_warnings(module, digits) -> list[str]:
 
 def test_frozen_teacher_does_not_trip_lightning_s_eval_mode_warning(digits):
     adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
-    assert _eval_mode_warnings(DistillationModule(digits_teacher(), digits_student(), optimizer=adam, teacher_as_given=True), digits) == []
+    assert (
+        _eval_mode_warnings(
+            DistillationModule(digits_teacher(), digits_student(), optimizer=adam, teacher_as_given=True), digits
+        )
+        == []
+    )
     student = digits_student()
     student.conv1.eval()  # a student module left in eval mode is a real problem: still warned
     student.train = lambda mode=True: student  # keep it there when Lightning calls train()
-    assert len(_eval_mode_warnings(DistillationModule(digits_teacher(), student, optimizer=adam, teacher_as_given=True), digits)) == 1
+    assert (
+        len(
+            _eval_mode_warnings(
+                DistillationModule(digits_teacher(), student, optimizer=adam, teacher_as_given=True), digits
+            )
+        )
+        == 1
+    )
 
 
 class _WithIdleLayer(nn.Module):
@@ -202,8 +253,9 @@ class _WithIdleLayer(nn.Module):
 
 
 def test_a_feature_layer_that_forward_never_runs_is_named_at_setup(digits):
-    module = DistillationModule(digits_teacher(), _WithIdleLayer(), objective=Hint("idle", "conv2"),
-                                optimizer=adam, teacher_as_given=True)
+    module = DistillationModule(
+        digits_teacher(), _WithIdleLayer(), objective=Hint("idle", "conv2"), optimizer=adam, teacher_as_given=True
+    )
     with pytest.raises(ValueError, match=r"student layer\(s\) \['idle'\] of _WithIdleLayer never run in its forward"):
         tiny_trainer(max_epochs=1).fit(module, datamodule=digits)
 

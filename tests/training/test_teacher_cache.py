@@ -1,4 +1,5 @@
 """Teacher-output cache: same training, fewer teacher passes, never stale."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def fit(datamodule, epochs=3, teacher_state=None, objective=None, **kwargs):
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
     objective = objective if objective is not None else Composite([KD(), Hint("conv2", "conv2")])
-    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                objective=objective, teacher_as_given=True, **kwargs)
+    module = DistillationModule(
+        teacher,
+        digits_student(),
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        objective=objective,
+        teacher_as_given=True,
+        **kwargs,
+    )
     tiny_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, datamodule=datamodule)
     return module, len(calls)
 
@@ -119,8 +126,13 @@ def test_cache_fills_sample_by_sample_when_every_epoch_sees_another_shard():
     data = HalfShardDigits(batch_size=64)
     teacher = digits_teacher()
     rows = []
-    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                teacher_cache="memory", teacher_as_given=True)
+    module = DistillationModule(
+        teacher,
+        digits_student(),
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        teacher_cache="memory",
+        teacher_as_given=True,
+    )
     teacher.register_forward_hook(lambda _m, inputs, _o: rows.append(len(inputs[0])))
     tiny_trainer(max_epochs=3, limit_val_batches=0).fit(module, datamodule=data)
     seen = [set(data.sampler.shard(epoch)) for epoch in range(3)]
@@ -141,8 +153,9 @@ def _validation_run(**kwargs):
     teacher = digits_teacher()
     calls = []
     teacher.register_forward_hook(lambda module, *_: calls.append(module.training))
-    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                teacher_as_given=True, **kwargs)
+    module = DistillationModule(
+        teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), teacher_as_given=True, **kwargs
+    )
     history = []
 
     class Record(Callback):
@@ -150,9 +163,13 @@ def _validation_run(**kwargs):
             calls.clear()
 
         def on_validation_epoch_end(self, trainer, pl_module):
-            history.append((len(calls), {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}))
+            history.append(
+                (len(calls), {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+            )
 
-    tiny_trainer(max_epochs=3, num_sanity_val_steps=0, callbacks=[Record()]).fit(module, datamodule=DigitsDataModule(batch_size=64))
+    tiny_trainer(max_epochs=3, num_sanity_val_steps=0, callbacks=[Record()]).fit(
+        module, datamodule=DigitsDataModule(batch_size=64)
+    )
     return history
 
 
@@ -185,7 +202,9 @@ class ChangingValidation(DigitsDataModule):
         self.loads, self.current = 0, None
 
     def val_dataloader(self):
-        self.current = self.CHANGES[min(self.loads, len(self.CHANGES) - 1)](*(self.current or self.split_tensors("val")))
+        self.current = self.CHANGES[min(self.loads, len(self.CHANGES) - 1)](
+            *(self.current or self.split_tensors("val"))
+        )
         self.loads += 1
         return DataLoader(TensorDataset(*self.current), batch_size=64)
 
@@ -195,8 +214,9 @@ def _changing_validation_run(**kwargs):
     teacher = digits_teacher()
     calls = []
     teacher.register_forward_hook(lambda module, *_: calls.append(1))
-    module = DistillationModule(teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-                                teacher_as_given=True, **kwargs)
+    module = DistillationModule(
+        teacher, digits_student(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), teacher_as_given=True, **kwargs
+    )
     history = []
 
     class Record(Callback):
@@ -204,10 +224,21 @@ def _changing_validation_run(**kwargs):
             calls.clear()
 
         def on_validation_epoch_end(self, trainer, pl_module):
-            history.append((len(calls), float(trainer.callback_metrics["val/teacher_acc"]), float(trainer.callback_metrics["val/kl"])))
+            history.append(
+                (
+                    len(calls),
+                    float(trainer.callback_metrics["val/teacher_acc"]),
+                    float(trainer.callback_metrics["val/kl"]),
+                )
+            )
 
-    trainer = tiny_trainer(max_epochs=len(ChangingValidation.CHANGES), num_sanity_val_steps=0, limit_train_batches=1,
-                           reload_dataloaders_every_n_epochs=1, callbacks=[Record()])
+    trainer = tiny_trainer(
+        max_epochs=len(ChangingValidation.CHANGES),
+        num_sanity_val_steps=0,
+        limit_train_batches=1,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[Record()],
+    )
     trainer.fit(module, datamodule=ChangingValidation())
     return history
 
@@ -253,7 +284,9 @@ def test_unreadable_cache_file_is_rebuilt_with_one_warning(tmp_path):
         warnings.simplefilter("always")
         module, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path))
     (message,) = _cache_warnings(record)
-    assert message.startswith(f"teacher cache {path} is unreadable (") and message.endswith("rebuilding it from the teacher")
+    assert message.startswith(f"teacher cache {path} is unreadable (") and message.endswith(
+        "rebuilding it from the teacher"
+    )
     assert "\n" not in message and calls > 1
     logits, _ = _teacher_outputs(module, "conv2")
     assert torch.allclose(_all_served(module)[0], logits, atol=1e-5)  # rebuilt from the teacher, not from garbage
@@ -282,7 +315,9 @@ def test_truncated_or_foreign_cache_file_is_deleted_and_rebuilt(tmp_path, damage
         other.size = other.key["size"] = 4  # right key, entries of 5 samples
         other.end_epoch()
         path.write_bytes((tmp_path / "other" / path.name).read_bytes())
-    with pytest.warns(UserWarning, match=r"teacher cache .* is unreadable \(.*\); deleting it and rebuilding it") as record:
+    with pytest.warns(
+        UserWarning, match=r"teacher cache .* is unreadable \(.*\); deleting it and rebuilding it"
+    ) as record:
         cache = TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2"])
     assert len(_cache_warnings(record)) == 1 and not cache.complete and not path.exists()
 
@@ -291,9 +326,15 @@ def test_cache_key_covers_the_tapped_teacher_layers(tmp_path):
     """Hint on conv1, then Hint on conv2 over the same cache directory: the second run must not
     reuse the conv1 features, and gets the teacher's own conv2 features."""
     fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path), objective=Composite([KD(), Hint("conv1", "conv1")]))
-    with pytest.warns(UserWarning, match=r"built for other tapped teacher layers \(\['conv1'\] vs \['conv2'\]\); rebuilding it"):
-        module, calls = fit(DigitsDataModule(), epochs=1, teacher_cache=str(tmp_path),
-                            objective=Composite([KD(), Hint("conv2", "conv2")]))
+    with pytest.warns(
+        UserWarning, match=r"built for other tapped teacher layers \(\['conv1'\] vs \['conv2'\]\); rebuilding it"
+    ):
+        module, calls = fit(
+            DigitsDataModule(),
+            epochs=1,
+            teacher_cache=str(tmp_path),
+            objective=Composite([KD(), Hint("conv2", "conv2")]),
+        )
     served_logits, served_features = _all_served(module)
     assert calls > 1 and set(served_features) == {"conv2"}
     logits, conv2 = _teacher_outputs(module, "conv2")
@@ -303,9 +344,13 @@ def test_cache_key_covers_the_tapped_teacher_layers(tmp_path):
 
 def test_cache_key_covers_precision_and_layers(tmp_path):
     _filled_cache(tmp_path, layers=("conv1", "conv2")).end_epoch()
-    assert TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv2", "conv1", "conv2"]).complete  # order-free
+    assert TeacherCache(
+        4, str(tmp_path), "teacher", "data", teacher_layers=["conv2", "conv1", "conv2"]
+    ).complete  # order-free
     with pytest.warns(UserWarning, match=r"built for another precision \(32-true vs bf16-mixed\); rebuilding it"):
-        assert not TeacherCache(4, str(tmp_path), "teacher", "data", teacher_layers=["conv1", "conv2"], precision="bf16-mixed").complete
+        assert not TeacherCache(
+            4, str(tmp_path), "teacher", "data", teacher_layers=["conv1", "conv2"], precision="bf16-mixed"
+        ).complete
 
 
 def test_interrupted_write_leaves_no_half_written_cache(tmp_path, monkeypatch):

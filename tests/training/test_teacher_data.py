@@ -1,4 +1,5 @@
 """Where the teacher comes from: no silent random teacher, no val/test samples the teacher trained on."""
+
 from __future__ import annotations
 
 import warnings
@@ -96,7 +97,9 @@ def test_another_split_fraction_is_named(teacher_checkpoint, digits):
     other = DigitsDataModule(seed=0, val_fraction=0.25)
     count, _ = leaked(digits, other)
     assert count > 0
-    with pytest.raises(ValueError, match=rf"trained on {count} of .*val_fraction=0.15, this run's from val_fraction=0.25"):
+    with pytest.raises(
+        ValueError, match=rf"trained on {count} of .*val_fraction=0.15, this run's from val_fraction=0.25"
+    ):
         validate(distil(teacher_checkpoint), other)
 
 
@@ -132,8 +135,13 @@ def test_a_distilled_teacher_carries_its_teachers_data(teacher_checkpoint, digit
         trainer.fit(assistant, datamodule=seed1)
     trainer.save_checkpoint(tmp_path / "assistant.ckpt")
     count, total = leaked(digits, seed1)
-    with pytest.raises(ValueError, match=rf"teacher_checkpoint {teacher_checkpoint} was trained on {count} of the {total}"):
-        validate(DistillationModule(digits_student(), digits_student(), teacher_checkpoint=str(tmp_path / "assistant.ckpt")), seed1)
+    with pytest.raises(
+        ValueError, match=rf"teacher_checkpoint {teacher_checkpoint} was trained on {count} of the {total}"
+    ):
+        validate(
+            DistillationModule(digits_student(), digits_student(), teacher_checkpoint=str(tmp_path / "assistant.ckpt")),
+            seed1,
+        )
 
 
 def test_a_restored_distillation_checkpoint_brings_the_teacher_and_its_record(distilled, digits):
@@ -142,8 +150,9 @@ def test_a_restored_distillation_checkpoint_brings_the_teacher_and_its_record(di
     validate(distil(), DigitsDataModule(seed=0), ckpt_path=str(distilled))
     with pytest.raises(ValueError, match=r"was trained on \d+ of the \d+ val/test samples"):
         validate(distil(), DigitsDataModule(seed=1), ckpt_path=str(distilled))
-    loaded = DistillationModule.load_from_checkpoint(distilled, teacher=digits_teacher(), student=digits_student(),
-                                                     teacher_checkpoint=None)
+    loaded = DistillationModule.load_from_checkpoint(
+        distilled, teacher=digits_teacher(), student=digits_student(), teacher_checkpoint=None
+    )
     validate(loaded, digits)
     resumed = tiny_trainer(max_epochs=2, max_steps=2, limit_val_batches=0)
     resumed.fit(distil(), datamodule=digits, ckpt_path=str(distilled))

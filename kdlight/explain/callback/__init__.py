@@ -2,22 +2,30 @@
 
 The callback orchestrates; its parts live beside it: :mod:`.probes` (the fixed probe set, DDP
 reductions), :mod:`.teacher_side` (the teacher's maps and faithfulness, cached), :mod:`.measure`
-(maps, agreement, chance level, faithfulness, surrogate), :mod:`.outputs` (scalars and
-artifacts to the loggers) and :mod:`.settings` (argument checks).
+(maps, agreement, chance level, faithfulness, localisation, stability, surrogate), :mod:`.outputs`
+(scalars and artifacts to the loggers) and :mod:`.settings` (argument checks). Each part of a run
+is reported to the trainer's profiler as ``kdlight.explain.<part>``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from kdlight.core.batch import Batch, as_batch, collate
+from kdlight.core.datamodule import data_capabilities
 from kdlight.explain.callback.measure import Measure, faithfulness_scalars
 from kdlight.explain.callback.outputs import MethodArtifacts, log_scalars
 from kdlight.explain.callback.probes import Probes, ProbeSet, global_mean, global_sum, split_dataset
-from kdlight.explain.callback.settings import check_arguments, check_settings, known_input_shape
+from kdlight.explain.callback.settings import (
+    check_arguments,
+    check_settings,
+    known_input_shape,
+    metric_specs,
+    stability_options,
+)
 from kdlight.explain.callback.teacher_side import TeacherSide, cache_directory
 
 __all__ = ["ExplanationAgreement"]
@@ -27,17 +35,22 @@ class ExplanationAgreement(Callback):
     """Explain teacher and student on a fixed probe set of validation samples and log agreement.
 
     For every method in ``methods`` it logs ``{split}/explain/{method}/{metric}``: the agreement
-    metrics (cosine, rank correlation, Pearson, top-k feature/rank/sign/signed-rank agreement,
-    pairwise rank agreement), ``chance_{metric}`` (the same for a freshly initialised student: the
-    floor to read curves against), the deletion/insertion AUC and infidelity of both maps
-    (``faithfulness``), a per-class table and a figure input | teacher | student of ``num_images``
+    ``metrics`` (by default every registered metric comparing two maps: cosine, rank correlation,
+    Pearson, top-k feature/rank/sign/signed-rank agreement, pairwise rank agreement),
+    ``chance_{metric}`` for those with a chance level (the same for a freshly initialised student:
+    the floor to read curves against), the deletion/insertion AUC and infidelity of both maps
+    (``faithfulness``), ``{role}_localisation_mass`` / ``{role}_localisation_topk`` of both maps when
+    the data module knows the relevant features (``ground_truth_masks(split, indices)``, e.g. the
+    shortcut digits' cue), ``{role}_sensitivity_max`` / ``{role}_self_agreement`` of both models
+    (``stability``), a per-class table and a figure input | teacher | student of ``num_images``
     probes (rank zero; drawn once at the end of ``fit``, and in every ``validate``/``test``); and
     a decision-tree surrogate of the student (``surrogate``). The teacher's maps and faithfulness
     are computed once per probe set (unless ``target="student"``); with ``explanation_cache_dir``
     also once per teacher, for every student distilled from it.
 
     Args:
-        methods: attribution methods (see :func:`kdlight.explain.method_names`).
+        methods: attribution methods: registered names (:func:`kdlight.explain.method_names`) or
+            class paths of :class:`kdlight.explain.Method` subclasses.
         every_n_epochs: run on validation epochs divisible by this, and always after the last
             epoch of ``fit`` (also when it is not a multiple, or ``fit`` stops early); always in
             validate/test.
@@ -53,6 +66,13 @@ class ExplanationAgreement(Callback):
             teacher's logits: that is ``DistillationModule(teacher_cache=...)``); ``"auto"``:
             ``explanations/`` beside the teacher checkpoint (memory only when the teacher was not
             loaded from one); ``None``: memory only.
+        metrics: the agreement metrics (registered names or import paths of metrics comparing two
+            maps, see :func:`kdlight.explain.metric_names`); default: all of them.
+        stability: ``None`` (off), or the settings of the stability metrics
+            (:mod:`kdlight.explain.stability`): ``noise_scale``, ``n_samples``, ``seed`` (default
+            ``seed``; teacher and student see the same noise), ``agreement`` (the metric of
+            ``self_agreement``, default ``rank_correlation``), e.g. ``{noise_scale: 0.05, n_samples: 4}``.
+            Each costs ``n_samples + 1`` more attributions per model and run.
 
     Settings are checked before any work, each error one line naming the option to change:
     values in ``__init__``; what needs the models or the input shape in ``setup``; the probe
@@ -74,6 +94,8 @@ class ExplanationAgreement(Callback):
         method_args: dict[str, dict[str, Any]] | None = None,
         seed: int = 0,
         explanation_cache_dir: str | None = None,
+        metrics: list[str] | None = None,
+        stability: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.methods = list(methods) if methods is not None else ["integrated_gradients", "saliency"]
@@ -86,8 +108,10 @@ class ExplanationAgreement(Callback):
         self.target, self.log_images, self.num_images = target, log_images, num_images
         self.faithfulness, self.surrogate, self.seed = faithfulness, surrogate, seed
         self.explanation_cache_dir = explanation_cache_dir
+        specs = metric_specs(metrics)
+        self.metrics, self.stability = [spec.name for spec in specs], stability
         self.probe_set = ProbeSet(num_probes, seed)  # the fixed probe samples, and each rank's share
-        self._measure = Measure(self.method_args, seed, batch_size, k)
+        self._measure = Measure(self.method_args, seed, batch_size, k, specs, stability_options(stability, seed))
         self._teacher = TeacherSide(self._measure, batch_size, reuse=target != "student", faithfulness=faithfulness)
         self._models: tuple[int, int] | None = None  # ids of the teacher and student served
         self._pending: dict[str, MethodArtifacts] = {}  # drawn at the end of fit
@@ -130,7 +154,7 @@ class ExplanationAgreement(Callback):
         if dataset is not None:  # before the first training step, not at the first explained epoch
             self.probe_indices(len(dataset))
             if self._checked_shape is None and len(dataset):
-                self.check_settings(trainer, pl_module, tuple(torch.as_tensor(dataset[0][0]).shape))
+                self.check_settings(trainer, pl_module, tuple(as_batch(collate([dataset[0]])).inputs.shape[1:]))
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._train_epoch = trainer.current_epoch
@@ -156,7 +180,7 @@ class ExplanationAgreement(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero:
             for artifacts in self._pending.values():
-                self._log_artifacts(trainer, artifacts)
+                artifacts.log(trainer)
         self._pending = {}
 
     # -- the work ----------------------------------------------------------------------------
@@ -179,11 +203,13 @@ class ExplanationAgreement(Callback):
         return results
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int) -> dict[str, float]:
-        x, y = self.probe_set.batch(trainer, split)
-        if self._checked_shape != tuple(x.shape[1:]):  # inputs not known at setup: check before explaining
-            self.check_settings(trainer, pl_module, tuple(x.shape[1:]))
+        batch = self.probe_set.batch(trainer, split)
+        shape = tuple(batch.inputs.shape[1:])
+        if self._checked_shape != shape:  # inputs not known at setup: check before explaining
+            self.check_settings(trainer, pl_module, shape)
         teacher, student, device = pl_module.teacher, pl_module.student, pl_module.device
-        probes = self._measure.probes(trainer, teacher, student, x.to(device), y.to(device), self.target, self.methods)
+        batch = Batch(batch.inputs.to(device), batch.target.to(device), batch.index)
+        probes = self._measure.probes(trainer, teacher, student, batch, self.target, self.methods, split)
         results: dict[str, float] = {}
         for method in self.methods:
             scalars, artifacts = self._explain(trainer, pl_module, probes, method, split, epoch)
@@ -192,11 +218,12 @@ class ExplanationAgreement(Callback):
                 self._pending.pop(method, None)
                 self._pending[method] = artifacts
             elif trainer.is_global_zero:
-                self._log_artifacts(trainer, artifacts)
+                artifacts.log(trainer)
         agree = (probes.teacher_logits.argmax(-1) == probes.student_logits.argmax(-1)).float()
         results[f"{split}/explain/prediction_agreement"] = global_mean(trainer, agree)
         if self.surrogate:
-            surrogate = self._measure.surrogate(trainer, probes)
+            with trainer.profiler.profile("kdlight.explain.surrogate"):
+                surrogate = self._measure.surrogate(trainer, probes)
             results.update({f"{split}/explain/surrogate/{name}": value for name, value in surrogate.items()})
         return results
 
@@ -204,21 +231,32 @@ class ExplanationAgreement(Callback):
         self, trainer: Trainer, pl_module: LightningModule, probes: Probes, method: str, split: str, epoch: int
     ) -> tuple[dict[str, float], MethodArtifacts]:
         """One method's scalars (by metric name) and artifacts."""
-        measure, teacher, student = self._measure, pl_module.teacher, pl_module.student
-        teacher_side = self._teacher.get(method, teacher, probes)
-        t_maps, s_maps = teacher_side["maps"], measure.maps(method, "student", student, probes)
+        measure, teacher, student, profile = (
+            self._measure,
+            pl_module.teacher,
+            pl_module.student,
+            trainer.profiler.profile,
+        )
+        with profile("kdlight.explain.teacher_side"):
+            teacher_side = self._teacher.get(method, teacher, probes)
+        with profile("kdlight.explain.attribution"):
+            t_maps, s_maps = teacher_side["maps"], measure.maps(method, "student", student, probes)
         ok = measure.finite(method, t_maps, s_maps)
         scalars, per_class = measure.agreement(method, probes, t_maps, s_maps, ok)
-        chance = measure.chance_level(method, student, probes, t_maps, ok)
+        with profile("kdlight.explain.chance_level"):
+            chance = measure.chance_level(method, student, probes, t_maps, ok)
         scalars.update({f"chance_{name}": value for name, value in chance.items()})
         scalars["nonfinite"] = global_sum(trainer, ~ok)
         if self.faithfulness:
-            student_side = measure.faithfulness(method, student, probes, s_maps)
+            with profile("kdlight.explain.faithfulness"):
+                student_side = measure.faithfulness(method, student, probes, s_maps)
             scalars.update(faithfulness_scalars(trainer, teacher_side, student_side, ok))
-        table = per_class.table(getattr(trainer.datamodule, "class_names", None))
+        if probes.masks is not None:
+            with profile("kdlight.explain.localisation"):
+                scalars.update(measure.localisation({"teacher": t_maps, "student": s_maps}, probes.masks))
+        if self.stability is not None:
+            with profile("kdlight.explain.stability"):
+                scalars.update(measure.stability(method, {"teacher": teacher, "student": student}, probes))
+        table = per_class.table(data_capabilities(trainer.datamodule).class_names)
         shown = self.num_images if self.log_images else 0
         return scalars, MethodArtifacts.of(epoch, split, method, table, probes, t_maps, s_maps, shown)
-
-    @staticmethod
-    def _log_artifacts(trainer: Trainer, artifacts: MethodArtifacts) -> None:
-        artifacts.log(trainer, getattr(trainer.datamodule, "feature_names", None))

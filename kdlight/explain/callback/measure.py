@@ -1,27 +1,30 @@
-"""What the callback measures on the probes: maps, agreement, chance level, faithfulness, surrogate."""
+"""What the callback measures on the probes: maps, agreement, chance level, faithfulness,
+localisation, stability, surrogate."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
 from torch import Tensor, nn
 
-from kdlight.explain.callback.probes import Probes, gather_in_probe_order, global_mean, probe_key
+from kdlight.core.batch import Batch
+from kdlight.core.datamodule import data_capabilities
+from kdlight.core.modality import Modality
+from kdlight.explain.attribution import AttributionConfig, attribute, baseline_kind, get_method
+from kdlight.explain.callback.probes import Probes, gather_in_probe_order, global_mean, global_sum, probe_key
 from kdlight.explain.callback.settings import attribution_config
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
-from kdlight.explain.methods import AttributionConfig, attribute, baseline_kind
-from kdlight.explain.metrics import AgreementCollection, PerClassAgreement
+from kdlight.explain.metrics import AgreementCollection, AgreementMean, MetricSpec, PerClassAgreement, metric_spec
 from kdlight.explain.surrogate import fit_surrogate
 from kdlight.training.reinit import reinitialized
 
-#: metrics that also get a chance level (``chance_<name>``): agreement with a fresh student
-CHANCE_METRICS = ("cosine", "rank_correlation", "feature_agreement")
 FAITHFULNESS_SCORES = ("deletion_auc", "insertion_auc", "infidelity")
-#: methods whose maps are local (gradients): infidelity perturbs them additively
-LOCAL_METHODS = frozenset({"saliency", "grad_cam"})
 #: the metric of the per-class table
 PER_CLASS_METRIC = "rank_correlation"
 
@@ -30,11 +33,22 @@ class Measure:
     """Attribution maps of the probes and the scores computed from them, with the callback's settings.
 
     It keeps the metric objects (reset for each run) and the chance level of each method and
-    probe set (computed once; :meth:`forget` drops it when the models change).
+    probe set (computed once; :meth:`forget` drops it when the models change). ``specs``: the
+    agreement metrics (those with ``has_chance`` also get a chance level); ``stability``: the
+    options of the ``sensitivity_max`` and ``self_agreement`` metrics (``None``: not measured).
     """
 
-    def __init__(self, method_args: dict[str, dict[str, Any]], seed: int, batch_size: int, k: int) -> None:
+    def __init__(
+        self,
+        method_args: dict[str, dict[str, Any]],
+        seed: int,
+        batch_size: int,
+        k: int,
+        specs: list[MetricSpec],
+        stability: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.method_args, self.seed, self.batch_size, self.k = method_args, seed, batch_size, k
+        self.specs, self.stability_options = list(specs), stability
         self._chance: dict[tuple[str, str], dict[str, float]] = {}
         self._metrics: dict[tuple, tuple[AgreementCollection, PerClassAgreement]] = {}
         self._warned_nonfinite = False
@@ -52,21 +66,25 @@ class Measure:
         trainer: Trainer,
         teacher: nn.Module,
         student: nn.Module,
-        x: Tensor,
-        y: Tensor,
+        batch: Batch,
         target: str,
         methods: list[str],
+        split: str,
     ) -> Probes:
-        """The probes ``x``, ``y`` with both models' logits, the class explained (``target``: whose
-        prediction, or the label) and the training inputs where a method's baselines need them."""
-        datamodule = trainer.datamodule
+        """The probes of ``batch`` (on the models' device) with both models' logits, the class
+        explained (``target``: whose prediction, or the label), the data module's modality, the
+        training inputs where a method's baselines need them and the ground truth of ``split``."""
+        x, y = batch.inputs, batch.target
+        data = data_capabilities(trainer.datamodule)
+        modality = data.modality if data.modality is not None else Modality.for_inputs(x, data.feature_names)
         needed = any(baseline_kind(self.config(m, "teacher"), True) in ("mean", "sample") for m in methods)
-        train_inputs = (
-            datamodule.train_inputs().to(x.device) if needed and hasattr(datamodule, "train_inputs") else None
-        )
+        train_inputs = data.train_inputs() if needed else None
+        train_inputs = None if train_inputs is None else train_inputs.to(x.device)
         t_logits, s_logits = self._predict(teacher, x), self._predict(student, x)
         explained = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[target]
-        return Probes(x, y, t_logits, s_logits, explained, train_inputs, probe_key(x, explained))
+        key = probe_key(x, explained)
+        masks = _ground_truth(trainer, split, batch.index, x.device)
+        return Probes(x, y, t_logits, s_logits, explained, train_inputs, key, modality, batch.index, masks)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -74,9 +92,23 @@ class Measure:
 
     def maps(self, method: str, role: str, model: nn.Module, probes: Probes) -> Tensor:
         """``model``'s maps of the probes, ``batch_size`` probes per call."""
+        return self.explainer(method, role, model, probes)(probes.inputs, probes.target)
+
+    def explainer(self, method: str, role: str, model: nn.Module, probes: Probes) -> Callable[[Tensor, Tensor], Tensor]:
+        """``explain(inputs, target) -> maps`` of ``model`` with ``method``'s settings for ``role``
+        and the probes' modality and training inputs, ``batch_size`` inputs per call."""
         config = self.config(method, role)
-        batches = zip(probes.inputs.split(self.batch_size), probes.target.split(self.batch_size))
-        return torch.cat([attribute(model, xb, tb, config, train_inputs=probes.train_inputs) for xb, tb in batches])
+
+        def explain(inputs: Tensor, target: Tensor) -> Tensor:
+            batches = zip(inputs.split(self.batch_size), target.split(self.batch_size))
+            return torch.cat(
+                [
+                    attribute(model, xb, tb, config, train_inputs=probes.train_inputs, modality=probes.modality)
+                    for xb, tb in batches
+                ]
+            )
+
+        return explain
 
     def faithfulness(self, method: str, model: nn.Module, probes: Probes, maps: Tensor) -> dict[str, Tensor]:
         """Per-probe deletion/insertion AUC and infidelity of ``model``'s own maps (NaN where the
@@ -86,8 +118,8 @@ class Measure:
         scores = {name: torch.full((len(x),), float("nan"), device=x.device) for name in FAITHFULNESS_SCORES}
         if finite.any():
             xs, ms, ts = x[finite], maps[finite], probes.target[finite]
-            deletion, insertion = deletion_insertion_auc(model, xs, ms, ts)
-            multiply = method not in LOCAL_METHODS
+            deletion, insertion = deletion_insertion_auc(model, xs, ms, ts, modality=probes.modality)
+            multiply = not get_method(method).local  # local maps (gradients): additive perturbations
             infidelity = infidelity_score(model, xs, ms, ts, seed=self.seed, multiply_by_inputs=multiply)
             for name, values in zip(FAITHFULNESS_SCORES, (deletion, insertion, infidelity)):
                 scores[name][finite] = values.float()
@@ -113,7 +145,10 @@ class Measure:
         metric by label, to be tabled."""
         key = (method, self.k, probes.teacher_logits.shape[-1])
         if key not in self._metrics:  # built once, reset for each run
-            self._metrics[key] = (AgreementCollection(k=self.k), PerClassAgreement(PER_CLASS_METRIC, key[-1]))
+            self._metrics[key] = (
+                AgreementCollection(k=self.k, names=self.specs),
+                PerClassAgreement(PER_CLASS_METRIC, key[-1]),
+            )
         metrics, per_class = (m.to(t_maps.device) for m in self._metrics[key])
         metrics.reset(), per_class.reset()
         if ok.any():
@@ -133,14 +168,50 @@ class Measure:
         support (about 0.9 for an untrained student on digits). This floor puts curves in context.
         """
         key = (method, probes.key)
+        chance_specs = [spec for spec in self.specs if spec.has_chance]
+        if not chance_specs:
+            return {}
         if key not in self._chance:
             r_maps = self.maps(method, "student", reinitialized(student, self.seed), probes)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
-            metrics = AgreementCollection(k=self.k, names=CHANCE_METRICS).to(t_maps.device)
+            metrics = AgreementCollection(k=self.k, names=chance_specs).to(t_maps.device)
             if ok.any():
                 metrics.update(r_maps[ok], t_maps[ok])
             self._chance[key] = {name: float(value) for name, value in metrics.compute().items()}
         return self._chance[key]
+
+    def localisation(self, maps: dict[str, Tensor], masks: Tensor) -> dict[str, float]:
+        """``{role}_localisation_mass`` and ``{role}_localisation_topk`` (top ``k``) of each role's
+        ``maps`` against the ground-truth ``masks`` (synced over ranks; probes without ground
+        truth or with a non-finite map are skipped)."""
+        scores = {}
+        for role, role_maps in maps.items():
+            for metric in (AgreementMean("localisation_mass"), AgreementMean("localisation_topk", k=self.k)):
+                metric = metric.to(role_maps.device)
+                metric.update(role_maps, masks)
+                scores[f"{role}_{metric.name}"] = float(metric.compute())
+        return scores
+
+    def stability(self, method: str, models: dict[str, nn.Module], probes: Probes) -> dict[str, float]:
+        """``{role}_sensitivity_max`` and ``{role}_self_agreement`` of each role model's ``method``
+        maps at the probes (synced over ranks). The noise depends only on the stability seed and
+        the probes, so every model sees the same draws."""
+        scores = {}
+        for role, model in models.items():
+            explain = self.explainer(method, role, model, probes)
+            for name, options in (self.stability_options or {}).items():
+                metric = AgreementMean(self._stability_spec(name, options), options=options).to(probes.inputs.device)
+                metric.update(explain, probes.inputs, probes.target)
+                scores[f"{role}_{name}"] = float(metric.compute())
+        return scores
+
+    def _stability_spec(self, name: str, options: dict[str, Any]) -> MetricSpec:
+        """The registered stability metric ``name``; ``self_agreement`` by a top-k metric takes the
+        callback's ``k`` (bound here: ``k`` is not an option of the metric classes)."""
+        spec = metric_spec(name)
+        if name == "self_agreement" and metric_spec(options.get("agreement", "rank_correlation")).uses_k:
+            return dataclasses.replace(spec, fn=functools.partial(spec.fn, k=self.k))
+        return spec
 
     def surrogate(self, trainer: Trainer, probes: Probes) -> dict[str, float]:
         """Fidelity and size of one decision tree of the student on every rank's probes, in probe
@@ -149,6 +220,16 @@ class Measure:
         predictions = gather_in_probe_order(trainer, probes.student_logits.argmax(-1))
         report = fit_surrogate(inputs.cpu(), predictions.cpu(), seed=self.seed)
         return {"fidelity": report.fidelity, "leaves": float(report.n_leaves)}
+
+
+def _ground_truth(trainer: Trainer, split: str, indices: Tensor, device: torch.device) -> Tensor | None:
+    """The probes' ground-truth relevant features (boolean masks), where the data module knows
+    them (``ground_truth_masks``) for some probe of some rank; ``None`` otherwise."""
+    masks = data_capabilities(trainer.datamodule).ground_truth_masks(split, indices)
+    if masks is None:
+        return None
+    masks = masks.to(device)  # before the reduction: NCCL reduces device tensors only
+    return masks if global_sum(trainer, masks.flatten(1).any(1)) else None  # None: e.g. data without the cue
 
 
 def faithfulness_scalars(

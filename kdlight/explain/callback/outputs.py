@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from kdlight.core.modality import Modality
 from kdlight.explain.callback.probes import Probes
 from kdlight.explain.plots import explanation_image
 from kdlight.reporting.artifacts import log_image, log_table
@@ -38,7 +39,8 @@ def log_scalars(trainer: Trainer, pl_module: LightningModule, scalars: dict[str,
 @dataclass
 class MethodArtifacts:
     """One method's artifacts of one run: its per-class table and, for the heatmap figure, the
-    first probes (inputs, labels, both models' logits and maps; none when no figure is drawn)."""
+    first probes (inputs, labels, both models' logits and maps; none when no figure is drawn) and
+    how to draw them (the data module's modality)."""
 
     epoch: int
     split: str
@@ -50,6 +52,7 @@ class MethodArtifacts:
     student_logits: Tensor
     teacher_maps: Tensor
     student_maps: Tensor
+    modality: Modality
 
     @classmethod
     def of(
@@ -76,11 +79,12 @@ class MethodArtifacts:
             probes.student_logits[:n],
             teacher_maps[:n],
             student_maps[:n],
+            probes.modality,
         )
 
-    def log(self, trainer: Trainer, feature_names: list[str] | None = None) -> None:
+    def log(self, trainer: Trainer) -> None:
         """The table under ``{split}/explain/{method}/per_class`` and, when probes are kept, their
-        figure under ``.../heatmaps``."""
+        figure under ``.../heatmaps``, drawn by the modality (a tabular one names the features)."""
         key = f"{self.split}/explain/{self.method}"
         log_table(trainer, f"{key}/per_class", pd.DataFrame(self.per_class), self.epoch)
         if not len(self.inputs):
@@ -94,7 +98,7 @@ class MethodArtifacts:
             self.teacher_maps.cpu(),
             self.student_maps.cpu(),
             labels=labels,
-            feature_names=feature_names,
             title=f"{self.method} ({self.split}, epoch {self.epoch})",
+            modality=self.modality,
         )
         log_image(trainer, f"{key}/heatmaps", image, self.epoch)

@@ -9,6 +9,8 @@ from lightning.pytorch import Trainer
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from kdlight.core.batch import Batch, as_batch, collate
+from kdlight.core.modality import Modality
 from kdlight.training.teacher_cache import data_fingerprint
 
 
@@ -23,6 +25,9 @@ class Probes:
     target: Tensor  #: the class explained (the teacher's or student's prediction, or the label)
     train_inputs: Tensor | None  #: the training inputs, where a method's baselines need them
     key: str  #: fingerprint of the inputs and the target (part of every teacher-side key)
+    modality: Modality  #: how the inputs are grouped, perturbed and drawn (the data module's)
+    indices: Tensor  #: each probe's row in its split's dataset
+    masks: Tensor | None  #: ground-truth relevant features of each probe (``None``: unknown)
 
 
 class ProbeSet:
@@ -47,14 +52,19 @@ class ProbeSet:
             self._indices = torch.randperm(dataset_size, generator=generator)[: self.num_probes].sort().values
         return self._indices
 
-    def batch(self, trainer: Trainer, split: str) -> tuple[Tensor, Tensor]:
-        """This rank's share of the probes of ``split``: inputs ``[n, ...]`` and labels ``[n]``."""
+    def batch(self, trainer: Trainer, split: str) -> Batch:
+        """This rank's share of the probes of ``split``: inputs ``[n, ...]``, labels ``[n]`` and, as
+        ``index``, each probe's row in the split's dataset. Samples may be tuples or dicts."""
         dataset = split_dataset(trainer, split)
         indices = self.indices(len(dataset))[trainer.global_rank :: trainer.world_size]
-        samples = [dataset[int(i)] for i in indices]
-        x = torch.stack([torch.as_tensor(s[0]) for s in samples])
-        y = torch.as_tensor([int(s[1]) for s in samples])
-        return x, y
+        batch = as_batch(collate([dataset[int(i)] for i in indices]))
+        if batch.target is None:
+            raise ValueError(
+                f"the {split} samples have no target; ExplanationAgreement needs labelled {split} data "
+                "(samples (inputs, target) or dicts with 'target')"
+            )
+        batch.target, batch.index = batch.target.long(), indices
+        return batch
 
 
 def split_dataset(trainer: Trainer, split: str):

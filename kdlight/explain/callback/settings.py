@@ -14,51 +14,55 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from kdlight.explain.methods import (
-    MAX_FEATURES_WITHOUT_PATCHES,
+from kdlight.core.datamodule import data_capabilities
+from kdlight.core.modality import MAX_FEATURES_WITHOUT_PATCHES, Modality
+from kdlight.explain.attribution import (
+    METHODS,
     AttributionConfig,
     conv_layer_names,
-    feature_mask_for,
+    get_method,
     grad_cam_layer_name,
     layer_output_shape,
-    method_names,
 )
+from kdlight.explain.metrics import MetricSpec, metric_names, metric_spec
 
 TARGETS = ("teacher", "label", "student")
 ROLES = ("teacher", "student")
 _CONFIG_FIELDS = {f.name for f in fields(AttributionConfig)} - {"method", "seed"}
 _LAYER_OPTIONS = ("layer", "teacher_layer", "student_layer")
-_PERTURBATION_METHODS = ("kernel_shap", "shapley_value_sampling")
+#: the settings of ``ExplanationAgreement(stability=...)`` (the seed defaults to the callback's)
+STABILITY_OPTIONS = ("noise_scale", "n_samples", "seed", "agreement")
 
 
 def check_arguments(
     methods: list[str], target: str, counts: dict[str, Any], method_args: dict[str, dict[str, Any]], seed: int
 ) -> None:
     """The checks that need no model: method names, target, positive counts, ``method_args``."""
-    valid = method_names()
-    unknown = [m for m in methods if m not in valid]
-    if unknown or not methods:
-        raise ValueError(f"unknown attribution method(s) {unknown}; valid methods are: {', '.join(valid)}")
+    if not methods:
+        raise ValueError(f"ExplanationAgreement methods is empty; valid methods are: {', '.join(METHODS)}")
+    for method in methods:
+        _method(method, "methods")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"ExplanationAgreement {name} must be an integer >= 1, got {value!r}")
     for method, args in method_args.items():
-        if method not in valid:  # a known method that is not selected is fine (configs stay overridable)
-            raise ValueError(
-                f"method_args names {method!r}, which is not an attribution method; valid methods are: {', '.join(valid)}"
-            )
+        # a known method that is not selected is fine (configs stay overridable)
+        explains_layer = _method(method, "method_args").explains_layer
         bad = set(args) - _CONFIG_FIELDS - set(_LAYER_OPTIONS)
         if bad:
-            options = sorted((_CONFIG_FIELDS - {"layer"}) | (set(_LAYER_OPTIONS) if method == "grad_cam" else set()))
+            options = sorted((_CONFIG_FIELDS - {"layer"}) | (set(_LAYER_OPTIONS) if explains_layer else set()))
             raise ValueError(
                 f"unknown option(s) {sorted(bad)} for {method} in method_args; valid: {', '.join(options)}"
             )
         layers = [name for name in _LAYER_OPTIONS if name in args]
-        if layers and method != "grad_cam":
+        if layers and not explains_layer:
+            explainers = [name for name, m in METHODS.items() if m.explains_layer]
+            verb = "explains" if len(explainers) == 1 else "explain"
             raise ValueError(
-                f"method_args: {{{method}: {{{layers[0]}: ...}}}} has no effect: only grad_cam explains a layer; remove it"
+                f"method_args: {{{method}: {{{layers[0]}: ...}}}} has no effect: only {', '.join(explainers)} {verb} "
+                "a layer; remove it"
             )
     for method in methods:  # every value check of AttributionConfig, now rather than at the first run
         for role in ROLES:
@@ -68,14 +72,83 @@ def check_arguments(
                 raise ValueError(f"ExplanationAgreement method_args for {method}: {err}") from None
 
 
+def _method(name: str, option: str):
+    """The registered method (or class path) ``name``, or a one-line error naming ``option``."""
+    try:
+        return get_method(name)
+    except ValueError as err:
+        raise ValueError(f"ExplanationAgreement {option}: {err}") from None
+
+
+def metric_specs(metrics: list[str] | None) -> list[MetricSpec]:
+    """The agreement metrics to log: registered names or import paths of metrics comparing two
+    models' maps (default: every registered one)."""
+    names = metric_names("maps") if metrics is None else list(metrics)
+    if not names:
+        raise ValueError(f"ExplanationAgreement metrics is empty; valid: {', '.join(metric_names('maps'))}")
+    try:
+        specs = [metric_spec(name) for name in names]
+    except ValueError as err:
+        raise ValueError(f"ExplanationAgreement metrics: {err}") from None
+    for name, spec in zip(names, specs):
+        if spec.compares != "maps":
+            raise ValueError(
+                f"ExplanationAgreement metrics: {name!r} compares {spec.compares}, not two models' maps; "
+                f"valid: {', '.join(metric_names('maps'))}"
+            )
+    return specs
+
+
+def stability_options(stability: dict[str, Any] | None, seed: int) -> dict[str, dict[str, Any]] | None:
+    """The options of the ``sensitivity_max`` and ``self_agreement`` metrics for ``stability``
+    (``None``: off): the given ``noise_scale`` / ``n_samples`` (else :mod:`kdlight.explain.stability`'s
+    defaults), ``seed`` (default: the callback's; the same noise for teacher and student) and the
+    ``agreement`` metric of ``self_agreement`` (default ``rank_correlation``; a top-k one gets the
+    callback's ``k``, see :meth:`kdlight.explain.callback.measure.Measure.stability`)."""
+    if stability is None:
+        return None
+    if not isinstance(stability, dict):
+        raise ValueError(f"ExplanationAgreement stability must be a dict or None, got {type(stability).__name__}")
+    unknown = sorted(set(stability) - set(STABILITY_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown stability option(s) {unknown}; valid: {', '.join(STABILITY_OPTIONS)}")
+    noise, n = stability.get("noise_scale", 1.0), stability.get("n_samples", 1)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0:
+        raise ValueError(f"ExplanationAgreement stability noise_scale must be a number > 0, got {noise!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"ExplanationAgreement stability n_samples must be an integer >= 1, got {n!r}")
+    shared = {name: stability[name] for name in ("noise_scale", "n_samples") if name in stability}
+    shared["seed"] = stability.get("seed", seed)
+    if isinstance(shared["seed"], bool) or not isinstance(shared["seed"], int):
+        raise ValueError(f"ExplanationAgreement stability seed must be an integer, got {shared['seed']!r}")
+    agreement = stability.get("agreement", "rank_correlation")
+    try:
+        spec = metric_spec(agreement)
+    except ValueError as err:
+        raise ValueError(f"ExplanationAgreement stability agreement: {err}") from None
+    if spec.compares != "maps":
+        raise ValueError(
+            f"ExplanationAgreement stability agreement {agreement!r} compares {spec.compares}, not two maps; "
+            f"valid: {', '.join(metric_names('maps'))}"
+        )
+    return {"sensitivity_max": shared, "self_agreement": {**shared, "agreement": agreement}}
+
+
 def attribution_config(method_args: dict[str, dict[str, Any]], method: str, role: str, seed: int) -> AttributionConfig:
-    """The :class:`AttributionConfig` of ``method`` for the ``role`` model (its own Grad-CAM layer)."""
+    """The :class:`AttributionConfig` of ``method`` for the ``role`` model (its own layer, for a
+    method that explains one)."""
     args = dict(method_args.get(method, {}))
     layer = args.pop(f"{role}_layer", None)
     args.pop("teacher_layer", None), args.pop("student_layer", None)
     if layer is not None:
         args["layer"] = layer
     return AttributionConfig(method=method, seed=seed, **args)
+
+
+def input_modality(trainer: Trainer, input_shape: tuple[int, ...]) -> Modality:
+    """The data module's modality; without one, the modality inputs of ``input_shape`` imply."""
+    modality = data_capabilities(trainer.datamodule).modality
+    return modality if modality is not None else Modality.for_inputs(torch.empty((1, *input_shape)))
 
 
 def check_settings(
@@ -90,12 +163,20 @@ def check_settings(
     sample's shape -- is known, these inputs)."""
     for method in methods:
         _check_baseline(method, attribution_config(method_args, method, "teacher", 0), trainer)
-    if "grad_cam" in methods:
-        for role in ROLES:
-            _check_grad_cam_layer(method_args, role, getattr(pl_module, role), input_shape)
-    if input_shape is None:
+    modality = None if input_shape is None else input_modality(trainer, input_shape)
+    for method in methods:
+        if modality is not None and not get_method(method).supports(modality):
+            supported = ", ".join(sorted(get_method(method).modalities or ()))
+            raise ValueError(
+                f"ExplanationAgreement {method} explains {supported} inputs, these are {modality.name} "
+                f"{modality.layout} inputs of shape {list(input_shape)}; remove {method} from methods"
+            )
+        if get_method(method).explains_layer:
+            for role in ROLES:
+                _check_layer(method_args, method, role, getattr(pl_module, role), input_shape)
+    if modality is None:
         return
-    num_features = math.prod(input_shape)
+    num_features = modality.num_features(input_shape)
     if k > num_features:
         raise ValueError(
             f"ExplanationAgreement k={k} exceeds the {num_features} features of an input of shape "
@@ -103,27 +184,27 @@ def check_settings(
             f"for any maps; set k <= {num_features} (e.g. k: {max(1, num_features // 8)})"
         )
     for method in methods:
-        if method in _PERTURBATION_METHODS:
+        if get_method(method).perturbation:
             patch_size = attribution_config(method_args, method, "teacher", 0).patch_size
             try:
-                feature_mask_for(torch.empty((1, *input_shape)), patch_size)
+                modality.feature_mask(torch.empty((1, *input_shape)), patch_size)
             except ValueError:
-                raise ValueError(_patch_problem(method, input_shape, patch_size)) from None
+                raise ValueError(_patch_problem(method, input_shape, patch_size, modality)) from None
 
 
 def known_input_shape(trainer: Trainer, pl_module: LightningModule) -> tuple[int, ...] | None:
     """One sample's shape where it is known before the data are loaded: a kdlight datamodule's
     ``input_shape`` or the module's ``example_input_array``; ``None`` otherwise."""
-    shape = getattr(trainer.datamodule, "input_shape", None)
+    shape = data_capabilities(trainer.datamodule).input_shape
     if shape is not None:
-        return tuple(int(n) for n in shape)
+        return shape
     example = getattr(pl_module, "example_input_array", None)
     return tuple(example.shape[1:]) if isinstance(example, Tensor) else None
 
 
 def _check_baseline(method: str, config: AttributionConfig, trainer: Trainer) -> None:
     """A training-mean / sampled baseline needs a datamodule with ``train_inputs()``."""
-    if config.baseline in ("mean", "sample") and not hasattr(trainer.datamodule, "train_inputs"):
+    if config.baseline in ("mean", "sample") and not data_capabilities(trainer.datamodule).has_train_inputs:
         where = type(trainer.datamodule).__name__ if trainer.datamodule is not None else "no datamodule"
         raise ValueError(
             f"ExplanationAgreement {method}: baseline {config.baseline!r} needs the training inputs, but the data "
@@ -132,34 +213,30 @@ def _check_baseline(method: str, config: AttributionConfig, trainer: Trainer) ->
         )
 
 
-def _layer_option(method_args: dict[str, dict[str, Any]], role: str) -> str:
-    """Where the Grad-CAM layer of ``role`` is set (or would be)."""
-    args = method_args.get("grad_cam", {})
+def _layer_option(method_args: dict[str, dict[str, Any]], method: str, role: str) -> str:
+    """Where the layer ``method`` explains in the ``role`` model is set (or would be)."""
+    args = method_args.get(method, {})
     if f"{role}_layer" in args or "layer" not in args:
-        return f"method_args: {{grad_cam: {{{role}_layer: <name>}}}}"
-    return f"method_args: {{grad_cam: {{layer: <name>}}}} (or {role}_layer: <name> for the {role} alone)"
+        return f"method_args: {{{method}: {{{role}_layer: <name>}}}}"
+    return f"method_args: {{{method}: {{layer: <name>}}}} (or {role}_layer: <name> for the {role} alone)"
 
 
-def _check_grad_cam_layer(
-    method_args: dict[str, dict[str, Any]], role: str, model, input_shape: tuple[int, ...] | None
+def _check_layer(
+    method_args: dict[str, dict[str, Any]], method: str, role: str, model, input_shape: tuple[int, ...] | None
 ) -> None:
-    """The model has the Grad-CAM layer, and (shape known) it runs and gives spatial maps."""
-    layer = attribution_config(method_args, "grad_cam", role, 0).layer
+    """The model has the layer ``method`` explains, and (shape known) it runs and gives maps with
+    the inputs' positions."""
+    layer = attribution_config(method_args, method, role, 0).layer
     what = f"the {role} ({type(model).__name__})"
-    option = _layer_option(method_args, role)
+    option = _layer_option(method_args, method, role)
     name = grad_cam_layer_name(model, layer)
     if name is None:
         missing = f"has no layer {layer!r}" if layer is not None else "has no Conv1d/Conv2d layer to default to"
         raise ValueError(
-            f"ExplanationAgreement grad_cam: {what} {missing}; {_layer_hint(model, layer)}; set it with {option}"
+            f"ExplanationAgreement {method}: {what} {missing}; {_layer_hint(model, layer)}; set it with {option}"
         )
     if input_shape is None:
         return
-    if len(input_shape) not in (2, 3):
-        raise ValueError(
-            f"ExplanationAgreement grad_cam needs image [C, H, W] or 1-D signal [C, L] inputs, these are "
-            f"{list(input_shape)}; remove grad_cam from methods"
-        )
     if any(p.is_meta for p in model.parameters()):
         return  # not materialised yet (e.g. created in configure_model): checked at the first run
     try:
@@ -168,25 +245,22 @@ def _check_grad_cam_layer(
         return
     if shape is None:
         raise ValueError(
-            f"ExplanationAgreement grad_cam: layer {name!r} of {what} does not run in its forward; "
+            f"ExplanationAgreement {method}: layer {name!r} of {what} does not run in its forward; "
             f"{_layer_hint(model, None)}; set another with {option}"
         )
-    if len(shape) != len(input_shape) + 1:
+    if len(shape) != len(input_shape) + 1:  # a refusal, not a dispatch: [N, C', *positions] like the inputs
         raise ValueError(
-            f"ExplanationAgreement grad_cam: layer {name!r} of {what} gives outputs of shape {list(shape[1:])}, "
+            f"ExplanationAgreement {method}: layer {name!r} of {what} gives outputs of shape {list(shape[1:])}, "
             f"not maps like the inputs {list(input_shape)}; {_layer_hint(model, None)}; set a "
             f"convolutional one with {option}"
         )
 
 
-def _patch_problem(method: str, input_shape: tuple[int, ...], patch_size: int | None) -> str:
-    """One line on why ``patch_size`` does not fit inputs of ``input_shape`` ([C, L] / [C, H, W])."""
+def _patch_problem(method: str, input_shape: tuple[int, ...], patch_size: int | None, modality: Modality) -> str:
+    """One line on why ``patch_size`` does not fit inputs of ``input_shape`` (channels first:
+    [C, *positions], the only modalities whose features are patches)."""
     sizes = input_shape[1:]
-    fitting = next(
-        p
-        for p in range(1, min(sizes) + 1)
-        if math.prod(-(-n // p) for n in sizes) <= MAX_FEATURES_WITHOUT_PATCHES or p == min(sizes)
-    )
+    fitting = modality.patch_size_hint(input_shape)
     if patch_size is None:
         reason = (
             f"its {math.prod(sizes)} positions are more than the {MAX_FEATURES_WITHOUT_PATCHES} features allowed "

@@ -2,10 +2,10 @@
 
 The teacher is frozen and the probes are fixed, so (unless ``target="student"``) its side is kept
 in memory and, with an ``explanation_cache_dir``, on disk, under a hash of everything it depends
-on: the teacher's weights, the probe inputs, the targets, the method settings, the probe batch
-size (random methods draw per batch) and, for training-data baselines, the training inputs. A
-changed teacher, probe set or setting gives a new key, never a stale entry; every student
-distilled from the same teacher reads the same files.
+on: the teacher's weights, the probe inputs, the targets, the inputs' modality, the method
+settings, the probe batch size (random methods draw per batch) and, for training-data baselines,
+the training inputs. A changed teacher, probe set or setting gives a new key, never a stale entry;
+every student distilled from the same teacher reads the same files.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from kdlight.explain.attribution import baseline_kind
 from kdlight.explain.callback.measure import Measure
 from kdlight.explain.callback.probes import Probes
-from kdlight.explain.methods import baseline_kind
 from kdlight.training.teacher_cache import data_fingerprint, teacher_fingerprint
 
 #: part of every key: bump it when how maps or faithfulness are computed changes
-EXPLANATION_CACHE_VERSION = "1"
+#: ("2": Grad-CAM's default layer is the model's ``gradcam_layer``, and one Grad-CAM implementation)
+EXPLANATION_CACHE_VERSION = "2"
 
 
 def cache_directory(setting: str | None, pl_module: LightningModule) -> Path | None:
@@ -88,6 +89,7 @@ class TeacherSide:
         parts = [
             self._weights_key,
             probes.key,
+            repr(probes.modality),
             repr(config),
             f"batch_size={self.batch_size}",
             EXPLANATION_CACHE_VERSION,
