@@ -18,8 +18,6 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "kdlight.explain.attribution",
         "kdlight.explain.metrics",
-        "kdlight.explain.stability",
-        "kdlight.explain.localisation",
         "kdlight.explain.faithfulness",
         "kdlight.explain.plots",
         "kdlight.explain.surrogate",

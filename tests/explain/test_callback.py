@@ -619,7 +619,7 @@ def test_metrics_option_logs_the_chosen_metrics_and_their_chance_twins(digits, t
 def test_localisation_on_the_shortcut_cue_equals_relevance_mass_of_the_same_maps(teacher_checkpoint):
     from kdlight.data.shortcut import ShortcutDigitsDataModule
     from kdlight.explain.attribution import AttributionConfig, attribute
-    from kdlight.explain.localisation import relevance_mass, top_k_hit_rate
+    from kdlight.explain.metrics.localisation import relevance_mass, top_k_hit_rate
 
     data = ShortcutDigitsDataModule(batch_size=64, seed=0)
     module = make_module(teacher_checkpoint)

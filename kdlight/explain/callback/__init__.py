@@ -69,7 +69,7 @@ class ExplanationAgreement(Callback):
         metrics: the agreement metrics (registered names or import paths of metrics comparing two
             maps, see :func:`kdlight.explain.metric_names`); default: all of them.
         stability: ``None`` (off), or the settings of the stability metrics
-            (:mod:`kdlight.explain.stability`): ``noise_scale``, ``n_samples``, ``seed`` (default
+            (:mod:`kdlight.explain.metrics.stability`): ``noise_scale``, ``n_samples``, ``seed`` (default
             ``seed``; teacher and student see the same noise), ``agreement`` (the metric of
             ``self_agreement``, default ``rank_correlation``), e.g. ``{noise_scale: 0.05, n_samples: 4}``.
             Each costs ``n_samples + 1`` more attributions per model and run.
@@ -252,10 +252,10 @@ class ExplanationAgreement(Callback):
                 student_side = measure.faithfulness(method, student, probes, s_maps)
             scalars.update(faithfulness_scalars(trainer, teacher_side, student_side, ok))
         if probes.masks is not None:
-            with profile("kdlight.explain.localisation"):
+            with profile("kdlight.explain.metrics.localisation"):
                 scalars.update(measure.localisation({"teacher": t_maps, "student": s_maps}, probes.masks))
         if self.stability is not None:
-            with profile("kdlight.explain.stability"):
+            with profile("kdlight.explain.metrics.stability"):
                 scalars.update(measure.stability(method, {"teacher": teacher, "student": student}, probes))
         table = per_class.table(data_capabilities(trainer.datamodule).class_names)
         shown = self.num_images if self.log_images else 0

@@ -101,7 +101,7 @@ def metric_specs(metrics: list[str] | None) -> list[MetricSpec]:
 
 def stability_options(stability: dict[str, Any] | None, seed: int) -> dict[str, dict[str, Any]] | None:
     """The options of the ``sensitivity_max`` and ``self_agreement`` metrics for ``stability``
-    (``None``: off): the given ``noise_scale`` / ``n_samples`` (else :mod:`kdlight.explain.stability`'s
+    (``None``: off): the given ``noise_scale`` / ``n_samples`` (else :mod:`kdlight.explain.metrics.stability`'s
     defaults), ``seed`` (default: the callback's; the same noise for teacher and student) and the
     ``agreement`` metric of ``self_agreement`` (default ``rank_correlation``; a top-k one gets the
     callback's ``k``, see :meth:`kdlight.explain.callback.measure.Measure.stability`)."""

@@ -8,7 +8,7 @@ from captum.attr import Saliency
 from torch import nn
 
 from kdlight.explain.metrics import AgreementMean
-from kdlight.explain.stability import self_agreement, sensitivity
+from kdlight.explain.metrics.stability import self_agreement, sensitivity
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 

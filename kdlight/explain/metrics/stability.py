@@ -124,7 +124,7 @@ def self_agreement(
     with torch.inference_mode(False), torch.no_grad():
         clean = explain(x, tgt)
         draws = [
-            spec.score(explain(x + _uniform_noise(generator, x, noise_scale), tgt), clean, k=k)
+            spec.score(explain(x + _uniform_noise(generator, x, noise_scale), tgt), clean, top_k=k)
             for _ in range(n_samples)
         ]
     return torch.stack(draws, dim=1).to(torch.float32).mean(dim=1)

@@ -9,8 +9,8 @@ from captum.attr import Saliency
 from torch import nn
 
 from kdlight.data.shortcut import ShortcutDigitsDataModule
-from kdlight.explain.localisation import relevance_mass, top_k_hit_rate
 from kdlight.explain.metrics import AgreementMean
+from kdlight.explain.metrics.localisation import relevance_mass, top_k_hit_rate
 
 # three maps over 4 features, and their ground-truth masks
 MAPS = torch.tensor([[0.5, -0.2, 0.3, 0.0], [1.0, 2.0, -3.0, 4.0], [0.1, -0.9, 0.4, 0.2]])

@@ -3,9 +3,9 @@
 A metric is declared once, as a :class:`MetricSpec`: its name, its per-sample function, whether
 higher is better, whether it takes a top-k size ``k``, whether the callback logs a ``chance_``
 twin for it, and what it compares (:data:`COMPARES`). :func:`register_metric` adds it to
-:data:`METRICS` next to its definition; a module of ``kdlight/explain/`` that calls
-``register_metric`` at its top level is found and imported on the first lookup, so adding a
-metric is one new file (plus its test). A metric outside kdlight is named by its import path,
+:data:`METRICS` next to its definition; every module of this package (``stability``,
+``localisation``, ...) is imported on the first lookup, so adding a metric is one new file here
+(plus its test). A metric outside kdlight is named by its import path,
 ``"my_pkg.mod.MY_METRIC"``: a :class:`MetricSpec`, or any object (e.g. a class) with the same
 attributes (``name``, ``fn`` -- a ``staticmethod`` on a class -- and optionally the others).
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,7 +53,6 @@ COMPARES: dict[str, str] = {
 }
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_REGISTERS = re.compile(r"^(?:[A-Za-z_]\w*\s*=\s*)?register_metric\(", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -91,9 +90,9 @@ class MetricSpec:
         params = inspect.signature(self.fn).parameters.values()
         return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
-    def score(self, *compared: Any, k: int | None = None, **options: Any) -> Tensor:
-        """Per-sample scores ``[N]`` of ``compared`` (``k`` only for top-k metrics)."""
-        return self.fn(*compared, **options) if k is None else self.fn(*compared, k, **options)
+    def score(self, *compared: Any, top_k: int | None = None, **options: Any) -> Tensor:
+        """Per-sample scores ``[N]`` of ``compared`` (``top_k`` only for top-k metrics; a metric option may be called ``k``)."""
+        return self.fn(*compared, **options) if top_k is None else self.fn(*compared, top_k, **options)
 
 
 #: metric name -> spec, in registration order
@@ -114,15 +113,14 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
 
 
 def _discover() -> None:
-    """Import the modules of ``kdlight/explain/`` that register a metric at their top level (once)."""
+    """Import every module of this package once: each registers its metrics where it defines them."""
     global _discovered
     if _discovered:
         return
     _discovered = True
     try:
-        for path in sorted(Path(__file__).parent.glob("*.py")):
-            if path.stem != "metrics" and _REGISTERS.search(path.read_text(encoding="utf-8")):
-                importlib.import_module(f"{__package__}.{path.stem}")
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
     except BaseException:
         _discovered = False
         raise
@@ -241,7 +239,7 @@ class AgreementMean(Metric):
         return self.spec.higher_is_better
 
     def update(self, *compared: Any) -> None:
-        values = self.spec.score(*compared, k=self.k, **self.options).to(self.sum.device)
+        values = self.spec.score(*compared, top_k=self.k, **self.options).to(self.sum.device)
         finite = torch.isfinite(values)
         self.sum += torch.where(finite, values, torch.zeros_like(values)).sum()
         self.count += finite.sum()
@@ -293,7 +291,7 @@ class PerClassAgreement(Metric):
         return self.spec.higher_is_better
 
     def update(self, a: Tensor, b: Tensor, target: Tensor) -> None:
-        values = self.spec.score(a, b, k=self.k).to(self.sum.device)
+        values = self.spec.score(a, b, top_k=self.k).to(self.sum.device)
         target = torch.as_tensor(target, device=self.sum.device)
         if target.shape != values.shape:
             raise ValueError(

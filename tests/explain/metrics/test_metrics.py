@@ -34,7 +34,7 @@ def _kwargs(name: str) -> dict:
 
 
 def _per_sample(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return metric_spec(name).score(a, b, **_kwargs(name))
+    return metric_spec(name).score(a, b, top_k=K if metric_spec(name).uses_k else None)
 
 
 def _data(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -394,3 +394,12 @@ def test_ddp_sync_equals_single_process():
         assert torch.equal(pc["skipped"], expected_pc["skipped"])
         torch.testing.assert_close(pc["mean"], expected_pc["mean"], equal_nan=True)
         torch.testing.assert_close(pc["overall"], expected_pc["overall"])
+
+
+def test_a_metric_option_called_k_does_not_collide_with_the_top_k_size():
+    def share_above(a, b, top_k, *, k: float = 0.0):  # an option named k, beside the top-k size
+        return ((a > k) & (b > k)).float().mean(1) * top_k / top_k
+
+    spec = MetricSpec("share_above_test", share_above, uses_k=True)
+    a, b = torch.tensor([[1.0, -1.0]]), torch.tensor([[1.0, 1.0]])
+    assert spec.score(a, b, top_k=1, k=0.0).tolist() == [0.5]
