@@ -118,12 +118,25 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
-            super().setup(trainer, pl_module, stage)
+            self._save(trainer, pl_module, stage)
         # in fit, written at on_fit_start: after ModelCheckpoint's setup, which warns about a
         # non-empty checkpoint directory (this run's own config.yaml, when they share it)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().setup(trainer, pl_module, "fit")
+        self._save(trainer, pl_module, "fit")
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Lightning's save, with its refusal to overwrite an earlier run's config as one line."""
+        try:
+            super().setup(trainer, pl_module, stage)
+        except RuntimeError as err:
+            if "to NOT exist" not in str(err):
+                raise
+            path = str(err).split(" expected ", 1)[-1].split(" to NOT exist", 1)[0]
+            raise ValueError(
+                f"{path} is an earlier run's config and is never overwritten; set run_dir (every fit then writes "
+                "a new version_<n>) or point default_root_dir / the logger elsewhere"
+            ) from None
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))

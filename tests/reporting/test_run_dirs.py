@@ -256,3 +256,20 @@ def test_no_run_dir_keeps_lightning_defaults():
     )
     assert not Path("runs").exists()
     assert os.listdir(".") == [] or all(not p.startswith("runs") for p in os.listdir("."))
+
+
+def test_without_run_dir_a_second_fit_into_the_same_directory_is_one_line(capsys):
+    args = [
+        "--run_dir=null",
+        "--trainer.logger=false",
+        "--trainer.default_root_dir=mine",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+    ]
+    fit_teacher(*args)
+    first = (Path("mine") / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit):
+        fit_teacher(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "is an earlier run's config and is never overwritten; set run_dir" in err[-1]
+    assert (Path("mine") / "config.yaml").read_bytes() == first
