@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kdlight.explain.callback",),
     ("kdlight.analysis",),
     ("kdlight.cli",),
+    ("kdlight.sweeps",),
 ]
 
 
