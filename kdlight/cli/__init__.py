@@ -8,9 +8,11 @@ import pickle
 import sys
 import warnings
 from argparse import ArgumentError
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningCLI
 
 from kdlight.cli.errors import check_trainer_config, explain
@@ -179,8 +181,9 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def main(args: list[str] | None = None) -> KDLightCLI | None:
-    """Run the CLI (``kdlight``, ``python -m kdlight``, or in-process); ``args`` replaces ``sys.argv``.
+def main(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> KDLightCLI | None:
+    """Run the CLI (``kdlight``, ``python -m kdlight``, or in-process); ``args`` replaces ``sys.argv``;
+    ``callbacks`` are added to the trainer's (e.g. a sweep's pruning callback).
 
     Problems a user can fix print one line (``kdlight: error: ...``): a config the parser rejects
     (unknown key or class, wrong type, missing file; see :func:`kdlight.cli.errors.explain`)
@@ -191,7 +194,8 @@ def main(args: list[str] | None = None) -> KDLightCLI | None:
     if _drop_litlogger_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(_drop_litlogger_tip)
     try:  # exit_on_error=False: jsonargparse raises instead of printing its usage and nested message
-        return KDLightCLI(args=args, parser_kwargs={"exit_on_error": False})
+        extra = {"trainer_defaults": {"callbacks": [FitSummary(), *callbacks]}} if callbacks else {}
+        return KDLightCLI(args=args, parser_kwargs={"exit_on_error": False}, **extra)
     except (ArgumentError, *USER_ERRORS) as err:
         if os.environ.get("KDLIGHT_TRACEBACK"):
             raise

@@ -126,13 +126,13 @@ def is_complete(run_dir: Path) -> bool:
     return latest.is_symlink() and latest.is_dir()
 
 
-def fit_seed(arguments: list[str], run_dir: Path) -> None:
-    """Run one ``kdlight fit`` in-process; raise unless it completed."""
+def fit_seed(arguments: list[str], run_dir: Path, callbacks: Sequence[Any] = ()) -> None:
+    """Run one ``kdlight fit`` in-process (``callbacks`` added to its trainer); raise unless it completed."""
     from kdlight.cli import main as kdlight
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this command's argv
     try:
-        kdlight(arguments)
+        kdlight(arguments, callbacks=callbacks)
     finally:
         sys.argv = argv
     if not is_complete(run_dir):

@@ -1,0 +1,194 @@
+"""``python -m kdlight.sweeps.search``: Optuna trials, resume, Pareto front, one-line bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import optuna
+import pandas as pd
+import pytest
+
+from kdlight.sweeps.search import chance_name, main, pareto_figure, read_trial, resolved_config, wandb_overrides
+
+from conftest import REPO
+
+TEACHER = REPO / "configs" / "digits" / "teacher.yaml"
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+LR = "model.init_args.optimizer.init_args.lr"
+
+
+def space(text: str) -> str:
+    Path("space.yaml").write_text(text)
+    return "space.yaml"
+
+
+def search(*args: str) -> list[dict]:
+    return main(["-c", str(TEACHER), *args, "--", *FAST])
+
+
+def logged(run_dir: Path, metric: str) -> float:
+    """``metric`` of a one-epoch run, read straight from its newest version's metrics.csv."""
+    return float(pd.read_csv(run_dir / "latest" / "metrics.csv")[metric].dropna().iloc[-1])
+
+
+def test_single_objective_matches_each_run_and_resumes(capsys):
+    lr_space = space(f"{LR}: {{float: [1.0e-4, 1.0e-1], log: true}}\n")
+    out = Path("runs/search/teacher")
+    search("--space", lr_space, "--trials", "3")
+    table = pd.read_csv(out / "trials.csv")
+    assert table["number"].tolist() == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
+    assert table["val/acc"].tolist() == pytest.approx([logged(out / f"trial{n}", "val/acc") for n in range(3)])
+    assert table[LR].nunique() == 3
+    best = table.loc[table["val/acc"].idxmax()]
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.best_value == pytest.approx(table["val/acc"].max())
+    assert f"| {study.best_trial.number} | COMPLETE | {best[LR]:.4g} |" in (out / "best.md").read_text()
+    assert "best epoch by val/acc (max)" in capsys.readouterr().out
+
+    # --trials is the total: a rerun adds the missing trial only, the first three are not fitted again
+    rows = search("--space", lr_space, "--trials", "4")
+    assert "3 finished trial(s), running 1 more" in capsys.readouterr().out
+    assert [r["number"] for r in rows] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (out / "trial0").glob("version_*")) == ["version_0"]
+    assert pd.read_csv(out / "trials.csv")["val/acc"][:3].tolist() == pytest.approx(table["val/acc"].tolist())
+    search("--space", lr_space, "--trials", "4")
+    assert "none to run" in capsys.readouterr().out
+
+
+def test_two_objectives_front_is_non_dominated_and_drawn(capsys):
+    out = Path("two")
+    lr_space = space(f"{LR}: {{float: [1.0e-4, 1.0e-1], log: true}}\n")
+    search("--space", lr_space, "--trials", "3", "--metric", "val/acc:max", "--metric", "val/loss:min", "--out", "two")
+    table = pd.read_csv(out / "trials.csv")
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{out / 'study.db'}")
+    front = {t.number for t in study.best_trials}
+
+    def dominates(a, b) -> bool:  # a at least as good in both (acc up, loss down) and better in one
+        at_least = a["val/acc"] >= b["val/acc"] and a["val/loss"] <= b["val/loss"]
+        return at_least and (a["val/acc"] > b["val/acc"] or a["val/loss"] < b["val/loss"])
+
+    rows = table.to_dict("records")
+    for row in rows:
+        dominated = any(dominates(other, row) for other in rows)
+        assert dominated == (row["number"] not in front)
+    best = (out / "best.md").read_text()
+    assert "Pareto front" in best and all(f"| {n} | COMPLETE |" in best for n in front)
+    assert (out / "pareto.png").stat().st_size > 0
+
+    # the stored study is for this space: another one is refused in one line
+    other = space(f"{LR}: {{float: [1.0e-3, 1.0e-2]}}\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        search("--space", other, "--trials", "4", "--metric", "val/acc:max", "--metric", "val/loss:min", "--out", "two")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was made for another space" in err
+    assert len(study.trials) == 3
+
+
+@pytest.mark.parametrize(
+    ("space_text", "extra", "message"),
+    [
+        (
+            "model.init_args.optimizer.init_args.learning_rate: {float: [0.001, 0.01]}",
+            [],
+            f"'model.init_args.optimizer.init_args.learning_rate' is not a key of this config; close: {LR}",
+        ),
+        (f"{LR}: {{float: [0.01, 0.001]}}", [], "empty range [0.01, 0.001]"),
+        (f"{LR}: {{categorical: []}}", [], "categorical needs a non-empty list"),
+        (f"{LR}: {{uniform: [0, 1]}}", [], "give one of"),
+        (f"{LR}: {{float: [0.001, 0.01]}}", ["--metric", "val/accuracy:max"], "did you mean val/acc"),
+        (
+            f"{LR}: {{float: [0.001, 0.01]}}",
+            ["--metric", "val/acc:max", "--metric", "val/loss:min", "--prune"],
+            "--prune works with a single --metric",
+        ),
+        (f"{LR}: {{float: [0.001, 0.01]}}", ["--metric", "val/acc"], "must be NAME:max or NAME:min"),
+    ],
+)
+def test_bad_input_is_one_line_with_status_2(space_text, extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search("--space", space(space_text), "--trials", "1", *extra)
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+    assert len(err) == 1 and message in err[0]
+
+
+def test_several_devices_are_refused(capsys):
+    lr_space = space(f"{LR}: {{float: [0.001, 0.01]}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-c", str(TEACHER), "--space", lr_space, "--trials", "1", "--", "--trainer.devices=2"])
+    assert exit_info.value.code == 2
+    assert "single-device trainers only (trainer.devices=2" in capsys.readouterr().err
+    assert not Path("runs/search/teacher/trial0").exists()
+
+
+def test_prune_reports_each_epoch_to_optuna():
+    lr_space = space(f"{LR}: {{float: [0.001, 0.01]}}\n")
+    rows = search("--space", lr_space, "--trials", "1", "--prune")
+    study = optuna.load_study(study_name="teacher", storage="sqlite:///runs/search/teacher/study.db")
+    assert study.trials[0].intermediate_values == {0: pytest.approx(rows[0]["val/acc"])}
+
+
+def test_a_pruned_trial_is_recorded_and_the_search_goes_on(monkeypatch):
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    rows = search("--space", space(f"{LR}: {{float: [0.001, 0.01]}}\n"), "--trials", "2", "--prune")
+    assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"]
+    assert not (Path("runs/search/teacher/trial0") / "latest").exists()  # the fit stopped before completing
+    assert "no complete trial yet" in Path("runs/search/teacher/best.md").read_text()
+
+
+def test_a_misspelled_metric_can_be_corrected_on_the_same_study(capsys):
+    lr_space = space(f"{LR}: {{float: [0.001, 0.01]}}\n")
+    with pytest.raises(SystemExit):
+        search("--space", lr_space, "--trials", "1", "--metric", "val/accuracy:max")
+    rows = search("--space", lr_space, "--trials", "1", "--metric", "val/acc:max")
+    assert "made again for this search" in capsys.readouterr().out
+    assert [(r["number"], r["state"]) for r in rows] == [(0, "COMPLETE")]
+
+
+def test_wandb_logger_gets_study_and_trial_tags():
+    config = resolved_config([TEACHER, REPO / "configs" / "logger" / "wandb.yaml"], [])
+    assert wandb_overrides(config, "kd", 3) == ['--trainer.logger.init_args.tags=["kd", "trial3"]']
+    assert wandb_overrides(resolved_config([TEACHER], []), "kd", 3) == []
+
+
+def test_pareto_figure_marks_the_chance_level(monkeypatch, tmp_path):
+    metric = "val/explain/saliency/rank_correlation"
+    assert chance_name(metric) == "val/explain/saliency/chance_rank_correlation"
+    assert chance_name("val/acc") is None
+    rows = [
+        {"number": 0, "state": "COMPLETE", "val/acc": 0.9, metric: 0.2},
+        {"number": 1, "state": "COMPLETE", "val/acc": 0.7, metric: 0.5},
+        {"number": 2, "state": "COMPLETE", "val/acc": 0.6, metric: 0.1},
+    ]
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    pareto_figure(rows, rows[:2], [("val/acc", "max"), (metric, "max")], {metric: 0.05}, tmp_path / "p.png")
+    lines = drawn[0].axes[0].get_lines()
+    assert [tuple(line.get_ydata()) for line in lines if line.get_linestyle() == "--"] == [(0.05, 0.05)]
+
+
+def test_metrics_are_read_at_the_best_epoch_by_the_first_metric():
+    import os
+
+    metric, chance = "val/explain/saliency/rank_correlation", "val/explain/saliency/chance_rank_correlation"
+    rows = [  # best val/acc at epoch 1; the explanation metric logged at epochs 0 and 2 only
+        {"epoch": 0, "step": 9, "val/acc": 0.5, "val/loss": 1.0, metric: 0.1, chance: 0.01},
+        {"epoch": 1, "step": 19, "val/acc": 0.9, "val/loss": 0.4},
+        {"epoch": 2, "step": 29, "val/acc": 0.7, "val/loss": 0.3, metric: 0.3, chance: 0.02},
+    ]
+    Path("t/version_0").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv("t/version_0/metrics.csv", index=False)
+    os.symlink("version_0", "t/latest")
+    got = read_trial(Path("t"), [("val/acc", "max"), ("val/loss", "min"), (metric, "max")])
+    assert got["epoch"] == 1 and got["values"] == {"val/acc": 0.9, "val/loss": 0.4, metric: 0.1}
+    assert got["chance"] == {metric: 0.01} and got["notes"] == [f"{metric} from epoch 0 (not logged at epoch 1)"]
+    assert read_trial(Path("t"), [("val/loss", "min")])["epoch"] == 2
