@@ -3,7 +3,7 @@
 Parameters are injected papermill-style: a cell with the test's values is inserted right after the
 cell tagged ``parameters``. Notebooks run in a temporary working directory, in one Jupyter kernel
 each (nbclient), with W&B offline. ``explanation_agreement.ipynb`` analyses the distillation run
-``quickstart.ipynb`` wrote.
+``quickstart.ipynb`` wrote; ``sweep.ipynb`` searches (and seeds) KD on the teacher it trained.
 """
 
 from __future__ import annotations
@@ -37,13 +37,22 @@ PARAMETERS: dict[str, dict] = {
         "SAMPLE_INDICES": [0, 1],
         "METHOD": "saliency",
     },
+    "sweep.ipynb": {
+        "STUDY_DIR": "{workdir}/runs/search/sweep",
+        "TRIALS": 2,
+        "EPOCHS": 1,
+        "LIMIT_TRAIN_BATCHES": 2,
+        "SEEDS_OF_BEST": 2,
+        "TEACHER_CHECKPOINT": "{workdir}/runs/quickstart/teacher/best.ckpt",
+    },
 }
 #: notebooks whose outputs a notebook needs (run first, in the same working directory)
-NEEDS = {"explanation_agreement.ipynb": ["quickstart.ipynb"]}
+NEEDS = {"explanation_agreement.ipynb": ["quickstart.ipynb"], "sweep.ipynb": ["quickstart.ipynb"]}
 #: one out-of-range value per notebook: the validation cell must raise ValueError
 BAD_VALUES = {
     "quickstart.ipynb": {"TEACHER_EPOCHS": 0},
     "explanation_agreement.ipynb": {"SAMPLE_INDICES": [-1]},
+    "sweep.ipynb": {"TRIALS": 0},
 }
 
 _strip = importlib.util.spec_from_file_location("strip_notebooks", REPO / "scripts" / "strip_notebooks.py")
@@ -107,7 +116,7 @@ def run_notebook(workdir):
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "explanation_agreement.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "explanation_agreement.ipynb", "sweep.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -129,6 +138,21 @@ def test_explanation_agreement_shows_figures(run_notebook):
     nb = run_notebook("explanation_agreement.ipynb")
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # curves, the logged heatmaps, the recomputed heatmaps
+
+
+def test_sweep_shows_trials_front_and_seeds(run_notebook, workdir):
+    nb = run_notebook("sweep.ipynb")
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
+    trials = PARAMETERS["sweep.ipynb"]["TRIALS"]
+    assert f"{trials} trial(s), " in text and "on the Pareto front" in text
+    study = workdir / "runs" / "search" / "sweep"
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert tables and tables[0].count("COMPLETE") == trials  # the trials table: one row per trial
+    assert any("image/png" in o.get("data", {}) for o in outputs) and (study / "pareto.png").is_file()
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "Seeds of the Pareto-front trials" in markdown and "2 seed(s) each" in markdown
+    assert len(list((study / "seeds").glob("trial*/seed1/latest"))) >= 1
 
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))

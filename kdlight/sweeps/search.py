@@ -20,7 +20,9 @@ rerunning the command resumes: ``--trials N`` is the total number of finished (c
 trials the study should hold; only the missing ones run. The study remembers the config, space and
 metrics it was made for and refuses to continue with others. Output: ``<out>/trials.csv`` (every
 trial), ``<out>/best.md`` (the best trial, or the Pareto front for several metrics) and, for several
-metrics, ``<out>/pareto.png``.
+metrics, ``<out>/pareto.png``. ``--seeds-of-best N`` then fits the best trial (or every Pareto-front
+trial) over N seeds into ``<out>/seeds/trial<n>/seed<s>`` (finished seeds skipped) and saves
+``<out>/seeds_of_best.md`` / ``.csv`` (mean ± std per setting).
 """
 
 from __future__ import annotations
@@ -41,7 +43,18 @@ import yaml
 
 from kdlight.analysis import load_run
 from kdlight.analysis.tidy import metric_columns
-from kdlight.sweeps.seeds import SeedsError, chosen_row, fit_seed, unknown_metric, value_near
+from kdlight.sweeps.seeds import (
+    SeedsError,
+    chosen_row,
+    data_takes_seed,
+    fit_arguments,
+    fit_seed,
+    format_mean_std,
+    is_complete,
+    read_seed,
+    unknown_metric,
+    value_near,
+)
 
 PROG = "python -m kdlight.sweeps.search"
 DISTRIBUTIONS = ("float", "int", "categorical")
@@ -75,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default runs/search/<config stem>)")
     parser.add_argument("--prune", action="store_true", help="prune bad trials (single objective only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    parser.add_argument(
+        "--seeds-of-best",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the trials, fit the best trial (or every Pareto-front trial) over seeds 0 .. N-1",
+    )
     return parser
 
 
@@ -105,6 +125,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--prune works with a single --metric only (Optuna cannot prune multi-objective trials)")
     if any(e == "--run_dir" or e.startswith("--run_dir=") for e in args.extra):
         parser.error("--run_dir is set per trial by this command; give --out for the run directories instead")
+    if args.seeds_of_best < 0:
+        parser.error(f"--seeds-of-best must be at least 1 (or 0: none), got {args.seeds_of_best}")
+    for option in ("--seed_everything", "--data.init_args.seed"):
+        if args.seeds_of_best and any(e == option or e.startswith(option + "=") for e in args.extra):
+            parser.error(f"{option} is set per seed by --seeds-of-best; leave it out of the overrides after --")
     for path in [*args.config, args.space]:
         if not path.is_file():
             parser.error(f"file {path} does not exist")
@@ -372,14 +397,15 @@ def trial_rows(study, space: dict[str, Any], metrics: Sequence[tuple[str, str]])
     return rows
 
 
+def cell(value: Any) -> str:
+    """A table cell: floats with 4 significant digits (``n/a`` for NaN), None empty."""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A markdown table of ``rows``."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "n/a" if math.isnan(value) else f"{value:.4g}"
-        return "" if value is None else str(value)
-
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -463,6 +489,74 @@ def report(args: argparse.Namespace, space: dict[str, Any], study) -> list[dict[
     return rows
 
 
+# ------------------------------------------------------------------------------------ seeds of the best
+def seeds_of_best(
+    args: argparse.Namespace, space: dict[str, Any], study, config: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Fit the best trial (or every Pareto-front trial) over seeds 0 .. ``args.seeds_of_best``-1 with
+    the trial's parameters, as :mod:`kdlight.sweeps.seeds` does, into ``<out>/seeds/trial<n>/seed<s>``
+    (completed seeds are skipped); save ``seeds_of_best.md`` and ``.csv``; return the per-seed rows.
+
+    The data split changes with the seed too, except when the model distils a teacher checkpoint:
+    that teacher was trained on one split, and another would put its training samples into val/test
+    (kdlight refuses such a fit), so only ``--seed_everything`` changes then."""
+    rows = trial_rows(study, space, args.metrics)
+    best = best_rows(study, rows)
+    if not best:
+        print("--seeds-of-best: no complete trial to run over seeds", flush=True)
+        return []
+    first, mode = args.metrics[0]
+    reading = argparse.Namespace(metrics=[n for n, _ in args.metrics], checkpoint="best", monitor=first, mode=mode)
+    seeded_data = data_takes_seed(args.config) and not config.get("model.init_args.teacher_checkpoint")
+    params = {t.number: t.params for t in study.trials}
+    per_seed: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for trial in best:
+        number = trial["number"]
+        overrides = [override(k, v) for k, v in params[number].items()]
+        for seed in range(args.seeds_of_best):
+            run_dir = args.out / "seeds" / f"trial{number}" / f"seed{seed}"
+            if is_complete(run_dir):
+                print(f"trial {number} seed {seed}: skipped, {run_dir} already holds a completed fit", flush=True)
+            else:
+                arguments = fit_arguments(args.config, seed, run_dir, [*overrides, *args.extra], seeded_data)
+                print(f"trial {number} seed {seed}: kdlight {' '.join(arguments)}", flush=True)
+                try:
+                    fit_seed(arguments, run_dir)
+                except SystemExit:
+                    raise SearchError(f"trial {number} seed {seed}: kdlight fit failed (its error above)") from None
+            row, seed_notes = read_seed(seed, run_dir, reading)
+            per_seed.append({"trial": number, **row})
+            notes += [f"trial {number}: {note}" for note in seed_notes]
+    metrics = reading.metrics
+    configs = " ".join(f"-c {c}" for c in args.config)
+    varied = "--seed_everything and --data.init_args.seed" if seeded_data else "--seed_everything"
+    lines = [
+        f"Seeds of the {'best trial' if len(args.metrics) == 1 else 'Pareto-front trials'} of study "
+        f"`{args.study_name}` of `{configs}`: {args.seeds_of_best} seed(s) each ({varied} = seed), "
+        f"mean ± std (ddof=1). Checkpoint: best by {first} ({mode}), in each seed's newest completed fit.",
+        "",
+        "| trial | " + " | ".join([*space, *metrics]) + " |",
+        "|" + "---|" * (1 + len(space) + len(metrics)),
+    ]
+    for trial in best:
+        mine = [r for r in per_seed if r["trial"] == trial["number"]]
+        cells = [cell(trial[key]) for key in space]
+        cells += [format_mean_std([r[m] for r in mine]) for m in metrics]
+        lines.append(f"| {trial['number']} | " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    text = "\n".join(lines) + "\n"
+    (args.out / "seeds_of_best.md").write_text(text)
+    with (args.out / "seeds_of_best.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["trial", "seed", "version", "epoch", *metrics])
+        writer.writeheader()
+        writer.writerows(per_seed)
+    saved = f"{args.out / 'seeds_of_best.md'} and {args.out / 'seeds_of_best.csv'}"
+    print(f"\n{text}\nsaved {saved}", flush=True)
+    return per_seed
+
+
 # ------------------------------------------------------------------------------------ command
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the command; return the trials table rows."""
@@ -474,10 +568,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         check_single_device(config)
         study = load_study(args, space)
         run_trials(args, space, config, study)
+        rows = report(args, space, study)
+        if args.seeds_of_best:
+            seeds_of_best(args, space, study, config)
     except SeedsError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    return report(args, space, study)
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 Seed ``s`` (0 .. N-1) runs ``kdlight fit -c CONFIG ... --seed_everything=s --data.init_args.seed=s
 --run_dir=<out>/seed<s> <extra overrides>`` in-process (``--data.init_args.seed`` only when the
+config distils no teacher checkpoint, whose split must stay the teacher's, and only when the
 config's datamodule takes a seed). A seed whose run directory has a ``latest`` link (written only
 when a fit completes, :mod:`kdlight.reporting.runs`) is skipped, so the command resumes where an
 interrupted one stopped; a killed seed is fitted again into a new ``version_<n>``.
@@ -105,6 +106,19 @@ def data_takes_seed(configs: Sequence[Path]) -> bool:
             class_path, keys = data["class_path"], set()
         keys |= set(data.get("init_args") or {})
     return "seed" in keys or (class_path is not None and "seed" in _init_parameters(class_path))
+
+
+def distils_a_teacher_checkpoint(configs: Sequence[Path]) -> bool:
+    """Whether the configs (last one wins) distil a teacher checkpoint. Its teacher was trained on
+    one data split; another split would put its training samples into val/test, which kdlight
+    refuses, so then only ``--seed_everything`` changes with the seed."""
+    checkpoint = None
+    for config in configs:
+        model = (yaml.safe_load(config.read_text()) or {}).get("model")
+        init_args = model.get("init_args") if isinstance(model, dict) else None
+        if isinstance(init_args, dict) and "teacher_checkpoint" in init_args:
+            checkpoint = init_args["teacher_checkpoint"]
+    return bool(checkpoint)
 
 
 def fit_arguments(
@@ -245,7 +259,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], metrics: Sequence[str]
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Fit the missing seeds and read every seed's row (completed seeds are read first, so an
     unknown metric is reported before anything runs)."""
-    seeded_data = data_takes_seed(args.config)
+    seeded_data = data_takes_seed(args.config) and not distils_a_teacher_checkpoint(args.config)
     rows: dict[int, tuple[dict[str, Any], list[str]]] = {}
     run_dirs = {s: args.out / f"seed{s}" for s in range(args.seeds)}
     for seed, run_dir in run_dirs.items():

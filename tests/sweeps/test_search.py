@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
 import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from kdlight.sweeps.search import chance_name, main, pareto_figure, read_trial, resolved_config, wandb_overrides
 
@@ -192,3 +194,67 @@ def test_metrics_are_read_at_the_best_epoch_by_the_first_metric():
     assert got["epoch"] == 1 and got["values"] == {"val/acc": 0.9, "val/loss": 0.4, metric: 0.1}
     assert got["chance"] == {metric: 0.01} and got["notes"] == [f"{metric} from epoch 0 (not logged at epoch 1)"]
     assert read_trial(Path("t"), [("val/loss", "min")])["epoch"] == 2
+
+
+def test_seeds_of_best_trial_mean_std_and_resume(capsys):
+    lr_space = space(f"{LR}: {{float: [1.0e-4, 1.0e-1], log: true}}\n")
+    out = Path("runs/search/teacher")
+    search("--space", lr_space, "--trials", "2", "--seeds-of-best", "2", "--metric", "val/acc:max")
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{out / 'study.db'}")
+    best = study.best_trial
+    run_dirs = [out / "seeds" / f"trial{best.number}" / f"seed{s}" for s in range(2)]
+    assert sorted(p.name for p in (out / "seeds").iterdir()) == [f"trial{best.number}"]
+    for seed, run_dir in enumerate(run_dirs):  # each seed ran with the trial's value and its own seed
+        config = yaml.safe_load((run_dir / "latest" / "config.yaml").read_text())
+        assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(best.params[LR])
+        assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
+    values = [logged(d, "val/acc") for d in run_dirs]
+    table = (out / "seeds_of_best.md").read_text()
+    assert "Checkpoint: best by val/acc (max)" in table and "2 seed(s) each" in table
+    expected = (
+        f"| {best.number} | {best.params[LR]:.4g} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} |"
+    )
+    assert expected in table.splitlines()
+    assert pd.read_csv(out / "seeds_of_best.csv")["val/acc"].tolist() == pytest.approx(values)
+    assert table in capsys.readouterr().out
+
+    # resumable: a rerun skips the finished seeds and fits no trial
+    search("--space", lr_space, "--trials", "2", "--seeds-of-best", "2", "--metric", "val/acc:max")
+    out_text = capsys.readouterr().out
+    assert out_text.count("skipped") == 2 and "none to run" in out_text
+    assert [sorted(p.name for p in d.glob("version_*")) for d in run_dirs] == [["version_0"], ["version_0"]]
+    assert (out / "seeds_of_best.md").read_text() == table
+
+
+def test_seeds_of_best_runs_every_pareto_trial():
+    lr_space = space(f"{LR}: {{float: [1.0e-4, 1.0e-1], log: true}}\n")
+    search(
+        "--space", lr_space, "--trials", "3", "--metric", "val/acc:max", "--metric", "val/loss:min",
+        "--out", "two", "--seeds-of-best", "2",
+    )  # fmt: skip
+    study = optuna.load_study(study_name="teacher", storage="sqlite:///two/study.db")
+    front = sorted(t.number for t in study.best_trials)
+    assert sorted(p.name for p in Path("two/seeds").iterdir()) == [f"trial{n}" for n in front]
+    lines = Path("two/seeds_of_best.md").read_text().splitlines()
+    assert "Pareto-front trials" in lines[0]
+    rows = [line for line in lines if line.startswith("| ") and line.split(" | ")[0][2:].isdigit()]
+    assert [int(line.split(" | ")[0][2:]) for line in rows] == front
+    for number, line in zip(front, rows):
+        run_dirs = [Path("two/seeds") / f"trial{number}" / f"seed{s}" for s in range(2)]
+        for metric in ("val/acc", "val/loss"):
+            values = [logged(d, metric) for d in run_dirs]
+            assert f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds-of-best", "-1"], "--seeds-of-best must be at least 1"),
+        (["--seeds-of-best", "2", "--", "--seed_everything=3"], "--seed_everything is set per seed"),
+    ],
+)
+def test_seeds_of_best_bad_input(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-c", str(TEACHER), "--space", space(f"{LR}: {{float: [0.001, 0.01]}}\n"), "--trials", "1", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

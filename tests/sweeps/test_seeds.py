@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from kdlight.sweeps import seeds
 from kdlight.sweeps.seeds import data_takes_seed, fit_arguments, main
 
 from conftest import REPO
@@ -132,3 +133,11 @@ def test_fit_arguments_seed_the_data_only_when_it_takes_a_seed(tmp_path):
     unseeded.write_text("data: {class_path: lightning.pytorch.demos.boring_classes.BoringDataModule}\n")
     assert not data_takes_seed([unseeded])
     assert "--data.init_args.seed=3" not in fit_arguments([unseeded], 3, Path("o"), [], False)
+
+
+def test_a_distillation_config_keeps_the_teachers_data_split():
+    """configs/digits/kd.yaml distils runs/digits/teacher/best.ckpt: changing the data seed would put
+    the teacher's training samples into val/test (refused), so only seed_everything varies."""
+    kd = REPO / "configs" / "digits" / "kd.yaml"
+    assert seeds.distils_a_teacher_checkpoint([kd])
+    assert not seeds.distils_a_teacher_checkpoint([REPO / "configs" / "digits" / "teacher.yaml"])
