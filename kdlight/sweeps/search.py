@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import difflib
 import io
@@ -193,14 +194,42 @@ def override(key: str, value: Any) -> str:
 
 # ------------------------------------------------------------------------------------ config
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every dotted key of a nested mapping (inner mappings included), lists as leaves."""
+    """Every dotted key of a nested mapping (inner mappings and lists included); list items by
+    index, e.g. ``model.init_args.objective.init_args.terms.1.init_args.weight``."""
     keys: dict[str, Any] = {}
-    if isinstance(value, dict):
-        for name, inner in value.items():
-            key = f"{prefix}.{name}" if prefix else str(name)
-            keys[key] = inner
-            keys.update(flatten(inner, key))
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, inner in items:
+        key = f"{prefix}.{name}" if prefix else str(name)
+        keys[key] = inner
+        keys.update(flatten(inner, key))
     return keys
+
+
+def list_prefix(key: str, config: dict[str, Any]) -> str | None:
+    """The outermost list a key reaches into (``...terms`` for ``...terms.1.init_args.weight``)."""
+    parts = key.split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end])
+        if isinstance(config.get(prefix), list) and parts[end].isdigit():
+            return prefix
+    return None
+
+
+def overrides(params: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The CLI overrides of a trial's parameters. The CLI cannot set one item of a list (a
+    Composite's terms), so a key into a list overrides the whole list, with its items as resolved."""
+    plain, lists = [], {}
+    for key, value in params.items():
+        prefix = list_prefix(key, config)
+        if prefix is None:
+            plain.append(override(key, value))
+            continue
+        tree = lists.setdefault(prefix, copy.deepcopy(config[prefix]))
+        *path, last = key[len(prefix) + 1 :].split(".")
+        for part in path:
+            tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+        tree[int(last) if isinstance(tree, list) else last] = value
+    return plain + [override(key, value) for key, value in lists.items()]
 
 
 def resolved_config(configs: Sequence[Path], extra: Sequence[str]) -> dict[str, Any]:
@@ -354,7 +383,7 @@ def run_trials(args: argparse.Namespace, space: dict[str, Any], config: dict[str
         params = {key: suggest(trial, key, spec) for key, spec in space.items()}
         run_dir = args.out / f"trial{trial.number}"
         arguments = ["fit", *[a for c in args.config for a in ("-c", str(c))], f"--run_dir={run_dir}"]
-        arguments += [override(k, v) for k, v in params.items()]
+        arguments += overrides(params, config)
         arguments += [*wandb_overrides(config, args.study_name, trial.number), *args.extra]
         print(f"trial {trial.number}: kdlight {' '.join(arguments)}", flush=True)
         callbacks = []
@@ -513,13 +542,13 @@ def seeds_of_best(
     notes: list[str] = []
     for trial in best:
         number = trial["number"]
-        overrides = [override(k, v) for k, v in params[number].items()]
+        trial_overrides = overrides(params[number], config)
         for seed in range(args.seeds_of_best):
             run_dir = args.out / "seeds" / f"trial{number}" / f"seed{seed}"
             if is_complete(run_dir):
                 print(f"trial {number} seed {seed}: skipped, {run_dir} already holds a completed fit", flush=True)
             else:
-                arguments = fit_arguments(args.config, seed, run_dir, [*overrides, *args.extra], seeded_data)
+                arguments = fit_arguments(args.config, seed, run_dir, [*trial_overrides, *args.extra], seeded_data)
                 print(f"trial {number} seed {seed}: kdlight {' '.join(arguments)}", flush=True)
                 try:
                     fit_seed(arguments, run_dir)

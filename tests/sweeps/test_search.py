@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from kdlight.sweeps import search as search_module
 from kdlight.sweeps.search import chance_name, main, pareto_figure, read_trial, resolved_config, wandb_overrides
 
 from conftest import REPO
@@ -258,3 +260,45 @@ def test_seeds_of_best_bad_input(args, message, capsys):
         main(["-c", str(TEACHER), "--space", space(f"{LR}: {{float: [0.001, 0.01]}}\n"), "--trials", "1", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_key_into_a_list_overrides_the_whole_list_with_that_item_changed():
+    """A Composite's terms are a list the CLI cannot index: the trial overrides the whole list."""
+    config = search_module.flatten(
+        {
+            "model": {
+                "init_args": {
+                    "objective": {
+                        "init_args": {
+                            "terms": [
+                                {
+                                    "class_path": "kdlight.objectives.KD",
+                                    "init_args": {"temperature": 4.0, "alpha": 0.9},
+                                },
+                                {
+                                    "class_path": "kdlight.objectives.ExplanationMatching",
+                                    "init_args": {"kind": "saliency", "weight": 10.0},
+                                },
+                            ]
+                        }
+                    }
+                }
+            },
+            "trainer": {"max_epochs": 3},
+        }
+    )
+    key = "model.init_args.objective.init_args.terms.1.init_args.weight"
+    assert key in config and search_module.list_prefix(key, config) == "model.init_args.objective.init_args.terms"
+    params = {
+        key: 2.5,
+        "model.init_args.objective.init_args.terms.0.init_args.temperature": 2.0,
+        "trainer.max_epochs": 5,
+    }
+    out = search_module.overrides(params, config)
+    assert out[0] == "--trainer.max_epochs=5"
+    name, value = out[1].split("=", 1)
+    assert name == "--model.init_args.objective.init_args.terms"
+    terms = json.loads(value)
+    assert terms[0]["init_args"] == {"temperature": 2.0, "alpha": 0.9}
+    assert terms[1]["init_args"] == {"kind": "saliency", "weight": 2.5}
+    assert config["model.init_args.objective.init_args.terms.1.init_args.weight"] == 10.0  # the config is not changed
