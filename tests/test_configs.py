@@ -10,7 +10,7 @@ from kdlight.cli import KDLightCLI, main
 
 from conftest import REPO
 
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "logger"))
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "logger", "spaces"))
 FRAGMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name in ("trainer", "logger"))
 LOCAL_DATA = ("digits", "mnist1d", "breast_cancer", "shortcut")
 

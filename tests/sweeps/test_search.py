@@ -302,3 +302,10 @@ def test_a_key_into_a_list_overrides_the_whole_list_with_that_item_changed():
     assert terms[0]["init_args"] == {"temperature": 2.0, "alpha": 0.9}
     assert terms[1]["init_args"] == {"kind": "saliency", "weight": 2.5}
     assert config["model.init_args.objective.init_args.terms.1.init_args.weight"] == 10.0  # the config is not changed
+
+
+def test_the_shipped_search_space_names_keys_of_its_config():
+    space = search_module.parse_space(REPO / "configs" / "spaces" / "shortcut_kd_explain.yaml")
+    config = resolved_config([REPO / "configs" / "shortcut" / "kd_explain.yaml"], [])
+    search_module.check_keys(space, config)  # raises on a key the config does not have
+    assert len(space) == 3
