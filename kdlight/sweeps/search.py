@@ -47,6 +47,7 @@ from kdlight.analysis.tidy import metric_columns
 from kdlight.sweeps.seeds import (
     SeedsError,
     chosen_row,
+    command_parser,
     data_takes_seed,
     fit_arguments,
     fit_seed,
@@ -68,12 +69,7 @@ class SearchError(SeedsError):
 # ------------------------------------------------------------------------------------ arguments
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser (kdlight overrides come after ``--``)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Search a kdlight config's hyper-parameters with Optuna (one or several metrics).",
-        epilog="Everything after -- is passed to every `kdlight fit`, e.g. -- --trainer.max_epochs=5",
-    )
-    parser.add_argument("-c", "--config", action="append", required=True, type=Path, help="config file (repeatable)")
+    parser = command_parser(PROG, "Search a kdlight config's hyper-parameters with Optuna (one or several metrics).")
     parser.add_argument(
         "--space", required=True, type=Path, help="YAML search space: dotted config key -> distribution"
     )

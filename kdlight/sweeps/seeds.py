@@ -45,14 +45,20 @@ class SeedsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ arguments
-def build_parser() -> argparse.ArgumentParser:
-    """The command's argument parser (kdlight overrides come after ``--``)."""
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A sweep command's parser with its ``-c`` configs (kdlight overrides come after ``--``)."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Run a kdlight config over N seeds; print and save a mean ± std table of metrics.",
+        prog=prog,
+        description=description,
         epilog="Everything after -- is passed to every `kdlight fit`, e.g. -- --trainer.max_epochs=5",
     )
     parser.add_argument("-c", "--config", action="append", required=True, type=Path, help="config file (repeatable)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser (kdlight overrides come after ``--``)."""
+    parser = command_parser(PROG, "Run a kdlight config over N seeds; print and save a mean ± std table of metrics.")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds: 0 .. N-1 (default 3)")
     parser.add_argument("--metrics", nargs="+", default=["val/acc"], help="epoch-level metrics to tabulate")
     parser.add_argument(
