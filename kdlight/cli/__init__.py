@@ -15,7 +15,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningCLI
 
-from kdlight.cli.errors import check_trainer_config, explain
+from kdlight.cli.errors import explain
+from kdlight.cli.trainer_checks import check_trainer_config
 from kdlight.core.errors import NonFiniteLossError
 from kdlight.reporting.artifacts import LoggerSaveConfigCallback
 from kdlight.reporting.runs import RunDirectory, RunPlan, place_trainer, plan_run, resumed_config_name

@@ -5,7 +5,8 @@ could have (``model`` may be a LightningModule or None, ``temperature`` a float 
 :func:`explain` finds the branch that matters and says it in one line. Each ``*_error`` function
 below reads one kind of mistake from the parsed message and returns None for any other kind.
 
-:func:`check_trainer_config` catches trainer settings that Lightning reports late or obscurely.
+:mod:`kdlight.cli.message` reads the nested message; :mod:`kdlight.cli.trainer_checks` catches
+trainer settings that Lightning reports late or obscurely.
 """
 
 from __future__ import annotations
@@ -17,9 +18,23 @@ import os
 import pkgutil
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+
+from kdlight.cli.message import (
+    BUILTIN_TYPES,
+    CLASS_PATH,
+    NOISE,
+    PARSER_KEY,
+    Line,
+    deepest,
+    enclosing_class,
+    expected_base,
+    expected_types,
+    given_value,
+    key_path,
+    parse_lines,
+    split_top_level,
+)
 
 #: packages searched for the classes a ``class_path`` may name
 PACKAGES = (
@@ -44,129 +59,6 @@ TOP_LEVEL_KEYS = (
     "overwrite",
 )
 MAX_LISTED = 12  # names listed after a suggestion
-
-_PARSER_KEY = re.compile(r'Parser key "([^"]+)":.*')
-_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)':")
-_NOISE = re.compile(
-    r"Does not validate against any of the Union subtypes|Errors:|Subtypes: .*|Given value.*"
-    r"|Expected a <class 'NoneType'>|Expected a path but .* either not accessible or invalid"
-)
-_BUILTIN_TYPES = {"int", "float", "str", "bool", "list", "dict", "tuple", "NoneType", "Path"}
-
-
-@dataclass(frozen=True)
-class Line:
-    """One line of a jsonargparse message: its depth (column of its text or ``- `` bullet) and text."""
-
-    indent: int
-    text: str
-
-
-# -- reading the nested message ---------------------------------------------------------------
-
-
-def parse_lines(message: str) -> list[Line]:
-    """The non-blank lines of ``message``, bullets (``- ``) removed from the text."""
-    lines = []
-    for raw in message.splitlines():
-        text = raw.strip()
-        if text:
-            lines.append(Line(len(raw) - len(raw.lstrip()), text[2:] if text.startswith("- ") else text))
-    return lines
-
-
-def ancestors(lines: list[Line], index: int) -> list[int]:
-    """Indices of the lines enclosing ``lines[index]``, outermost first."""
-    found, indent = [], lines[index].indent
-    for i in range(index - 1, -1, -1):
-        if lines[i].indent < indent:
-            found.append(i)
-            indent = lines[i].indent
-    return found[::-1]
-
-
-def key_path(lines: list[Line], index: int) -> str:
-    """The config key of ``lines[index]``, e.g. ``model.init_args.objective.init_args.temperature``."""
-    parts, in_class = [], False
-    for i in [*ancestors(lines, index), index]:
-        if key := _PARSER_KEY.fullmatch(lines[i].text):
-            parts.append(("init_args." if in_class else "") + key[1])
-            in_class = False
-        elif _CLASS_PATH.fullmatch(lines[i].text):
-            in_class = True
-    return ".".join(parts)
-
-
-def enclosing_class(lines: list[Line], index: int) -> str | None:
-    """The ``class_path`` whose arguments ``lines[index]`` is about, if any."""
-    for i in reversed(ancestors(lines, index)):
-        if _PARSER_KEY.fullmatch(lines[i].text):
-            return None
-        if match := _CLASS_PATH.fullmatch(lines[i].text):
-            return match[1]
-    return None
-
-
-def _key_block_start(lines: list[Line], index: int) -> int | None:
-    """Index of the nearest ``Parser key`` line enclosing ``lines[index]``, if any."""
-    return next((i for i in reversed(ancestors(lines, index)) if _PARSER_KEY.fullmatch(lines[i].text)), None)
-
-
-def _key_block(lines: list[Line], index: int) -> list[Line]:
-    """The lines under the ``Parser key`` enclosing ``lines[index]`` (all lines when there is none)."""
-    start = _key_block_start(lines, index)
-    if start is None:
-        return lines
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].indent <= lines[start].indent), len(lines))
-    return lines[start + 1 : end]
-
-
-def expected_types(lines: list[Line], index: int) -> list[str]:
-    """The types listed by the ``Subtypes:`` line of the key ``lines[index]`` belongs to."""
-    start = _key_block_start(lines, index)
-    for i in range(index - 1, -1 if start is None else start, -1):
-        if lines[i].indent < lines[index].indent and lines[i].text.startswith("Subtypes: ["):
-            return split_top_level(lines[i].text[len("Subtypes: [") : -1])
-    return []
-
-
-def expected_base(lines: list[Line], index: int) -> str | None:
-    """Short name of the class a ``class_path`` at ``lines[index]`` must derive from, if stated."""
-    for type_text in expected_types(lines, index):
-        for dotted in re.findall(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", type_text):
-            if not dotted.startswith(("typing.", "collections.", "builtins.")):
-                return dotted.rsplit(".", 1)[-1]
-    return None
-
-
-def given_value(lines: list[Line], index: int) -> str | None:
-    """The value jsonargparse rejected for the key of ``lines[index]``, as the user wrote it."""
-    values = [line for line in _key_block(lines, index) if line.text.startswith("Given value: ")]
-    if not values:
-        return None
-    value = min(values, key=lambda line: line.indent).text[len("Given value: ") :]
-    nested = re.fullmatch(r"NestedArg\(key='([^']*)', val=(.*)\)", value)
-    return nested[1] + "=" + nested[2].strip("'") if nested else value
-
-
-def split_top_level(text: str) -> list[str]:
-    """``text`` split at the commas outside brackets: ``"A[1, 2], B"`` -> ``["A[1, 2]", "B"]``."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += char
-    return [*parts, current.strip()] if current.strip() else parts
-
-
-def _deepest(lines: list[Line], pattern: re.Pattern[str]) -> tuple[int, re.Match[str]] | None:
-    """The most indented line matching ``pattern`` (the first of equals) and its match."""
-    found = [(i, m) for i, line in enumerate(lines) if (m := pattern.search(line.text))]
-    return max(found, key=lambda item: (lines[item[0]].indent, -item[0])) if found else None
-
 
 # -- suggestions --------------------------------------------------------------------------------
 
@@ -301,7 +193,7 @@ def _shown_path(path: str) -> str:
 
 def missing_file_error(lines: list[Line]) -> str | None:
     """A ``-c`` config (or other file argument) that does not exist; suggests a close file name."""
-    found = _deepest(lines, re.compile(r"File does not exist: '([^']+)'"))
+    found = deepest(lines, re.compile(r"File does not exist: '([^']+)'"))
     if not found:
         return None
     index, match = found
@@ -409,7 +301,7 @@ def unknown_group_option(group: str, option: str) -> str:
 
 def unknown_init_arg_error(lines: list[Line]) -> str | None:
     """An argument the class does not take: ``KD`` with ``temprature``."""
-    found = _deepest(lines, re.compile(r"^Option '([^']+)' is not accepted$"))
+    found = deepest(lines, re.compile(r"^Option '([^']+)' is not accepted$"))
     if not found or not (class_path := enclosing_class(lines, found[0])):
         return None
     index, match = found
@@ -425,7 +317,7 @@ def unknown_init_arg_error(lines: list[Line]) -> str | None:
 
 def unknown_module_error(lines: list[Line]) -> str | None:
     """A ``class_path`` whose module does not import: ``my_package.Net``, ``kdlite.models.MLP``."""
-    found = _deepest(lines, re.compile(r"^No module named '([^']+)'$"))
+    found = deepest(lines, re.compile(r"^No module named '([^']+)'$"))
     if not found or not (class_path := enclosing_class(lines, found[0]) or _failed_class(lines, found[0])):
         return None
     index, match = found
@@ -444,13 +336,13 @@ def unknown_module_error(lines: list[Line]) -> str | None:
 
 def _failed_class(lines: list[Line], index: int) -> str | None:
     """The class path of the ``Problem with given class_path`` line right above ``lines[index]``."""
-    match = index and _CLASS_PATH.fullmatch(lines[index - 1].text)
+    match = index and CLASS_PATH.fullmatch(lines[index - 1].text)
     return match[1] if match else None
 
 
 def unknown_class_error(lines: list[Line]) -> str | None:
     """A ``class_path`` naming no class: ``kdlight.objectives.KDD``, ``kdlight.objective.KD``, ``KDD``."""
-    found = _deepest(lines, re.compile(r"^module '([\w.]+)' has no attribute '(\w+)'$"))
+    found = deepest(lines, re.compile(r"^module '([\w.]+)' has no attribute '(\w+)'$"))
     if found and (class_path := _failed_class(lines, found[0])):
         index, match = found
         module, missing = match[1], match[2]
@@ -466,7 +358,7 @@ def unknown_class_error(lines: list[Line]) -> str | None:
         return f"{where}: unknown class {class_path}{did_you_mean(missing, candidates, _short)}" + listing(
             [_short(c) for c in candidates], f"{module} has"
         )
-    found = _deepest(lines, re.compile(r"^Expected a dot import path string: (\S+)$"))
+    found = deepest(lines, re.compile(r"^Expected a dot import path string: (\S+)$"))
     if not found or not _only_classes(expected_types(lines, found[0])):
         return None
     index, match = found
@@ -482,12 +374,12 @@ def _only_classes(types: list[str]) -> bool:
     """Whether every type but None is a (non-builtin) class, so a bare name must be a class name."""
     names = [re.sub(r"<class '([^']+)'>", r"\1", t) for t in types]
     names = [n for n in names if n != "NoneType"]
-    return bool(names) and all("." in n and _short(n) not in _BUILTIN_TYPES and "[" not in n for n in names)
+    return bool(names) and all("." in n and _short(n) not in BUILTIN_TYPES and "[" not in n for n in names)
 
 
 def not_a_subclass_error(lines: list[Line]) -> str | None:
     """A ``class_path`` naming a class of the wrong kind: an MLP as the objective."""
-    found = _deepest(lines, re.compile(r"^Import path (?:(\S+) )?does not correspond to a subclass of (\w+)$"))
+    found = deepest(lines, re.compile(r"^Import path (?:(\S+) )?does not correspond to a subclass of (\w+)$"))
     if not found:
         return None
     index, match = found
@@ -500,7 +392,7 @@ def not_a_subclass_error(lines: list[Line]) -> str | None:
 
 def nested_argument_error(lines: list[Line]) -> str | None:
     """``--trainer.logger.init_args.save_dir=x``: jsonargparse cannot reach the logger a config names."""
-    found = _deepest(lines, re.compile(r"^Expected an instantiatable class, but (\S+) is abstract$"))
+    found = deepest(lines, re.compile(r"^Expected an instantiatable class, but (\S+) is abstract$"))
     value = found and given_value(lines, found[0])
     if not value or "=" not in value:
         return None
@@ -515,7 +407,7 @@ def nested_argument_error(lines: list[Line]) -> str | None:
 
 def wrong_type_error(lines: list[Line]) -> str | None:
     """A value of the wrong type: ``temperature: abc``, ``max_epochs: ten``, ``precision: 17``."""
-    found = _deepest(lines, re.compile(r"^Expected a (?!path but)(.+?)(?:\. Got value: (.*))?$"))
+    found = deepest(lines, re.compile(r"^Expected a (?!path but)(.+?)(?:\. Got value: (.*))?$"))
     if not found:
         return None
     index, match = found
@@ -578,87 +470,12 @@ def fallback(lines: list[Line]) -> str:
     useful = [
         i
         for i, line in enumerate(lines)
-        if not _NOISE.fullmatch(line.text)
-        and not _PARSER_KEY.fullmatch(line.text)
-        and not _CLASS_PATH.fullmatch(line.text)
+        if not NOISE.fullmatch(line.text)
+        and not PARSER_KEY.fullmatch(line.text)
+        and not CLASS_PATH.fullmatch(line.text)
     ]
     if not useful:
         return lines[0].text
     index = max(useful, key=lambda i: (lines[i].indent, -i))
     where, value = key_path(lines, index), given_value(lines, index)
     return (f"{where}: " if where else "") + lines[index].text + (f" (given {value})" if value and where else "")
-
-
-# -- trainer settings Lightning reports late or obscurely ---------------------------------------
-
-
-def check_trainer_config(trainer: Mapping[str, Any] | Any, cuda_devices: int | None = None) -> None:
-    """Raise ValueError for trainer settings that would fail late or with a misleading message.
-
-    ``trainer``: the parsed ``trainer`` config (a dict or jsonargparse Namespace). ``cuda_devices``:
-    the number of CUDA GPUs (default: ``torch.cuda.device_count()``).
-    """
-    check_validation_interval(trainer.get("check_val_every_n_epoch"))
-    if cuda_devices is None:
-        import torch
-
-        cuda_devices = torch.cuda.device_count()
-    if cuda_devices == 0:
-        check_gpu_settings(trainer.get("accelerator"), trainer.get("strategy"), trainer.get("devices"))
-
-
-def check_validation_interval(every_n_epochs: Any) -> None:
-    """``check_val_every_n_epoch`` 0 or negative: Lightning divides by it at the end of the first epoch."""
-    if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or every_n_epochs < 1):
-        raise ValueError(
-            f"trainer.check_val_every_n_epoch must be an integer >= 1 (or null to validate by val_check_interval "
-            f"steps only), got {every_n_epochs!r}; to skip validation set --trainer.limit_val_batches=0"
-        )
-
-
-def check_gpu_settings(accelerator: Any, strategy: Any, devices: Any) -> None:
-    """GPU accelerator or GPU-only strategy on a machine without CUDA: say what it needs and how to run on CPU."""
-    fragment = f" (configs/trainer/{strategy}.yaml)" if strategy in ("ddp", "fsdp") else ""  # the shipped fragments
-    accelerator, strategy = _flag_name(accelerator), _flag_name(strategy)
-    if strategy.startswith("fsdp"):
-        raise ValueError(
-            f"trainer.strategy={strategy}{fragment} needs {_gpus_needed(devices)} and this machine has no CUDA GPU; "
-            "FSDP does not run on CPU: to try the run on CPU use "
-            "--trainer.strategy=ddp --trainer.accelerator=cpu --trainer.devices=2"
-        )
-    if accelerator not in ("gpu", "cuda"):
-        return
-    if strategy.startswith("ddp"):
-        raise ValueError(
-            f"trainer.strategy={strategy} with accelerator={accelerator}{fragment} needs {_gpus_needed(devices)} "
-            f"and this machine has no CUDA GPU; to run {strategy} on CPU use "
-            "--trainer.accelerator=cpu --trainer.devices=2"
-        )
-    raise ValueError(
-        f"trainer.accelerator={accelerator} needs {_gpus_needed(devices)} and this machine has no CUDA GPU; "
-        "use --trainer.accelerator=cpu (or auto)"
-    )
-
-
-def _flag_name(value: Any) -> str:
-    """A trainer flag as a lower-case name: ``"ddp"``, or a class path's class (``DDPStrategy`` -> ``"ddp"``)."""
-    if value is None:
-        return "auto"
-    if isinstance(value, str):
-        return value.lower()
-    class_path = value.get("class_path") if hasattr(value, "get") else type(value).__name__
-    name = _short(str(class_path)).lower()
-    return re.sub(r"(strategy|accelerator)$", "", name) or name
-
-
-def _gpus_needed(devices: Any) -> str:
-    """How many GPUs ``devices`` asks for, in words."""
-    if devices in (None, "auto", -1, "-1"):
-        return f"at least one CUDA GPU (devices={'auto' if devices is None else devices}: every GPU of the node)"
-    if isinstance(devices, (list, tuple)):
-        return f"{len(devices)} CUDA GPU(s) (devices={list(devices)})"
-    text = str(devices)
-    if "," in text:
-        ids = [d for d in text.split(",") if d.strip()]
-        return f"{len(ids)} CUDA GPU(s) (devices={text})"
-    return f"{text} CUDA GPU{'s' if text != '1' else ''} (devices={text})"

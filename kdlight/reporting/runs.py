@@ -37,6 +37,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 __all__ = [
     "AtomicCheckpointIO",
+    "completed_version",
     "RunCSVLogger",
     "RunDirectory",
     "RunPlan",
@@ -65,15 +66,17 @@ def next_version(parent: Path) -> Path:
     return parent / f"version_{found[-1][0] + 1 if found else 0}"
 
 
+def completed_version(run_dir: str | Path) -> Path | None:
+    """The version a run's ``latest`` link names: its newest completed fit (None before one completes)."""
+    link = Path(run_dir) / "latest"
+    return link.resolve() if link.is_symlink() and link.is_dir() else None
+
+
 def latest_version(run_dir: str | Path) -> Path | None:
-    """The version a run's ``latest`` link names (the newest completed fit), else its highest
-    ``version_<n>``; None when the run has none."""
-    run_dir = Path(run_dir)
-    link = run_dir / "latest"
-    if link.is_dir():
-        return link.resolve()
-    found = _versions(run_dir)
-    return found[-1][1] if found else None
+    """The run's newest completed fit (:func:`completed_version`), else its highest ``version_<n>``;
+    None when the run has none."""
+    found = _versions(Path(run_dir))
+    return completed_version(run_dir) or (found[-1][1] if found else None)
 
 
 def _version_dir_of(ckpt: Path) -> Path | None:
@@ -93,7 +96,6 @@ class RunPlan:
     target: Path
     created: bool
     resumed_from: Path | None = None
-    overwrite: bool = False
 
 
 def _resolve_ckpt(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -171,7 +173,7 @@ def _plan(subcommand: str, run_dir: Path, ckpt_path: str | None, overwrite: bool
     if subcommand == "fit":
         if source is None:
             target = next_version(run_dir)
-            return RunPlan(subcommand, run_dir, target, created=not target.exists(), overwrite=overwrite), ckpt_path
+            return RunPlan(subcommand, run_dir, target, created=not target.exists()), ckpt_path
         epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
         later = _epochs_after(source / "metrics.csv", epoch)
         if later and not overwrite:
@@ -179,7 +181,7 @@ def _plan(subcommand: str, run_dir: Path, ckpt_path: str | None, overwrite: bool
                 f"{ckpt} is from epoch {epoch} but {source} went on to epoch {later[-1]}; resuming it there would "
                 "overwrite that run's later checkpoints: resume from its last.ckpt, or pass --overwrite=true"
             )
-        return RunPlan(subcommand, run_dir, source, created=False, resumed_from=ckpt, overwrite=overwrite), ckpt_path
+        return RunPlan(subcommand, run_dir, source, created=False, resumed_from=ckpt), ckpt_path
     base = source or (ckpt.resolve().parent if ckpt is not None and ckpt.is_file() else run_dir)
     target = next_version(base / subcommand)
     return RunPlan(subcommand, run_dir, target, created=True), ckpt_path

@@ -53,6 +53,8 @@ from kdlight.sweeps.seeds import (
     fit_seed,
     format_mean_std,
     is_complete,
+    overrides_set,
+    parse_with_overrides,
     read_seed,
     unknown_metric,
     value_near,
@@ -105,11 +107,8 @@ def parse_metric(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line; bad input exits with one line and status 2."""
-    argv = list(argv)
-    split = argv.index("--") if "--" in argv else len(argv)
     parser = build_parser()
-    args = parser.parse_args(argv[:split])
-    args.extra = argv[split + 1 :]
+    args = parse_with_overrides(parser, argv)
     if args.trials < 1:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     try:
@@ -120,12 +119,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("each --metric may be given once")
     if args.prune and len(args.metrics) > 1:
         parser.error("--prune works with a single --metric only (Optuna cannot prune multi-objective trials)")
-    if any(e == "--run_dir" or e.startswith("--run_dir=") for e in args.extra):
+    if overrides_set(args.extra, "--run_dir"):
         parser.error("--run_dir is set per trial by this command; give --out for the run directories instead")
     if args.seeds_of_best < 0:
         parser.error(f"--seeds-of-best must be at least 1 (or 0: none), got {args.seeds_of_best}")
     for option in ("--seed_everything", "--data.init_args.seed"):
-        if args.seeds_of_best and any(e == option or e.startswith(option + "=") for e in args.extra):
+        if args.seeds_of_best and overrides_set(args.extra, option):
             parser.error(f"{option} is set per seed by --seeds-of-best; leave it out of the overrides after --")
     for path in [*args.config, args.space]:
         if not path.is_file():

@@ -36,6 +36,7 @@ import yaml
 
 from kdlight.analysis import load_run
 from kdlight.analysis.tidy import metric_columns
+from kdlight.reporting.runs import completed_version
 
 PROG = "python -m kdlight.sweeps.seeds"
 
@@ -70,17 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the command line; bad input exits with one line and status 2."""
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command's own options; what follows ``--`` becomes ``args.extra``, the kdlight overrides."""
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    parser = build_parser()
     args = parser.parse_args(argv[:split])
     args.extra = argv[split + 1 :]
+    return args
+
+
+def overrides_set(extra: Sequence[str], option: str) -> bool:
+    """Whether the kdlight overrides ``extra`` set ``option`` (``--opt value`` or ``--opt=value``)."""
+    return any(e == option or e.startswith(option + "=") for e in extra)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; bad input exits with one line and status 2."""
+    parser = build_parser()
+    args = parse_with_overrides(parser, argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     for option in ("--run_dir", "--seed_everything", "--data.init_args.seed"):
-        if any(e == option or e.startswith(option + "=") for e in args.extra):
+        if overrides_set(args.extra, option):
             parser.error(f"{option} is set per seed by this command; give --out for the run directories instead")
     for config in args.config:
         if not config.is_file():
@@ -142,8 +154,7 @@ def fit_arguments(
 
 def is_complete(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a completed fit (its ``latest`` link, written when a fit ends)."""
-    latest = run_dir / "latest"
-    return latest.is_symlink() and latest.is_dir()
+    return completed_version(run_dir) is not None
 
 
 def fit_seed(arguments: list[str], run_dir: Path, callbacks: Sequence[Any] = ()) -> None:

@@ -12,6 +12,8 @@ from jsonargparse import Namespace
 
 from kdlight.cli import errors as ce
 from kdlight.cli import main
+from kdlight.cli import message as cli_message
+from kdlight.cli.trainer_checks import check_trainer_config
 
 from conftest import REPO
 
@@ -44,8 +46,8 @@ def in_objective(errors: str, value: str = "NestedArg(key='class_path', val='x')
     )
 
 
-def lines(message: str) -> list[ce.Line]:
-    return ce.parse_lines(message)
+def lines(message: str) -> list[cli_message.Line]:
+    return cli_message.parse_lines(message)
 
 
 KDD = in_objective("""
@@ -91,10 +93,10 @@ STUDENT_MISSING_MODULE = """Parser key "model":
 def test_key_path_follows_parser_keys_and_class_paths():
     parsed = lines(TEMPERATURE_ABC)
     index = next(i for i, line in enumerate(parsed) if line.text == "Expected a <class 'float'>")
-    assert ce.key_path(parsed, index) == "model.init_args.objective.init_args.temperature"
-    assert ce.enclosing_class(parsed, index) is None  # about a key, not the class's arguments
-    assert ce.expected_types(parsed, index) == ["<class 'float'>", "<class 'kdlight.core.schedules.Schedule'>"]
-    assert ce.given_value(parsed, index) == "abc"
+    assert cli_message.key_path(parsed, index) == "model.init_args.objective.init_args.temperature"
+    assert cli_message.enclosing_class(parsed, index) is None  # about a key, not the class's arguments
+    assert cli_message.expected_types(parsed, index) == ["<class 'float'>", "<class 'kdlight.core.schedules.Schedule'>"]
+    assert cli_message.given_value(parsed, index) == "abc"
 
 
 def test_describe_types_shortens_classes_and_merges_literals():
@@ -274,20 +276,20 @@ def test_explain_picks_the_rule_and_falls_back_to_the_deepest_line(monkeypatch):
 @pytest.mark.parametrize("every", [0, -1, 1.5])
 def test_check_val_every_n_epoch_below_one_is_refused(every):
     with pytest.raises(ValueError, match=r"check_val_every_n_epoch must be an integer >= 1 .*limit_val_batches=0"):
-        ce.check_trainer_config({"check_val_every_n_epoch": every}, cuda_devices=0)
+        check_trainer_config({"check_val_every_n_epoch": every}, cuda_devices=0)
 
 
 def test_shipped_ddp_fragment_on_a_machine_without_cuda():
     trainer = yaml.safe_load((TRAINER / "ddp.yaml").read_text())["trainer"]
     with pytest.raises(ValueError) as info:
-        ce.check_trainer_config(trainer, cuda_devices=0)
+        check_trainer_config(trainer, cuda_devices=0)
     assert str(info.value) == (
         "trainer.strategy=ddp with accelerator=gpu (configs/trainer/ddp.yaml) needs at least one CUDA GPU "
         "(devices=-1: every GPU of the node) and this machine has no CUDA GPU; "
         "to run ddp on CPU use --trainer.accelerator=cpu --trainer.devices=2"
     )
-    ce.check_trainer_config(trainer, cuda_devices=2)  # with GPUs: fine
-    ce.check_trainer_config({**trainer, "accelerator": "cpu", "devices": 2}, cuda_devices=0)  # ddp on CPU: fine
+    check_trainer_config(trainer, cuda_devices=2)  # with GPUs: fine
+    check_trainer_config({**trainer, "accelerator": "cpu", "devices": 2}, cuda_devices=0)  # ddp on CPU: fine
 
 
 def test_shipped_fsdp_fragment_on_a_machine_without_cuda():
@@ -297,18 +299,18 @@ def test_shipped_fsdp_fragment_on_a_machine_without_cuda():
         match=r"strategy=fsdp \(configs/trainer/fsdp.yaml\) needs at least one CUDA GPU"
         r".*FSDP does not run on CPU.*--trainer.strategy=ddp --trainer.accel",
     ):
-        ce.check_trainer_config(trainer, cuda_devices=0)
+        check_trainer_config(trainer, cuda_devices=0)
     with pytest.raises(ValueError, match="strategy=fsdp"):
-        ce.check_trainer_config({**trainer, "accelerator": "cpu"}, cuda_devices=0)
+        check_trainer_config({**trainer, "accelerator": "cpu"}, cuda_devices=0)
 
 
 def test_gpu_accelerator_without_cuda_and_parsed_namespaces():
     with pytest.raises(ValueError, match=r"accelerator=gpu needs 4 CUDA GPUs \(devices=4\).*--trainer.accelerator=cpu"):
-        ce.check_trainer_config(Namespace(accelerator="gpu", devices=4, strategy="auto"), cuda_devices=0)
+        check_trainer_config(Namespace(accelerator="gpu", devices=4, strategy="auto"), cuda_devices=0)
     strategy = Namespace(class_path="lightning.pytorch.strategies.DDPStrategy", init_args=Namespace())
     with pytest.raises(ValueError, match=r"strategy=ddp with accelerator=cuda needs 2 CUDA GPU\(s\) \(devices=\[0, 1"):
-        ce.check_trainer_config(Namespace(accelerator="cuda", devices=[0, 1], strategy=strategy), cuda_devices=0)
-    ce.check_trainer_config(
+        check_trainer_config(Namespace(accelerator="cuda", devices=[0, 1], strategy=strategy), cuda_devices=0)
+    check_trainer_config(
         Namespace(accelerator="auto", devices="auto", strategy="auto", check_val_every_n_epoch=None), cuda_devices=0
     )
 
