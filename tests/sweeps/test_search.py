@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdlight.sweeps import search as search_module
+from kdlight.sweeps import space as search_space
 from kdlight.sweeps.search import chance_name, main, pareto_figure, read_trial, resolved_config, wandb_overrides
 
 from conftest import REPO
@@ -264,7 +264,7 @@ def test_seeds_of_best_bad_input(args, message, capsys):
 
 def test_a_key_into_a_list_overrides_the_whole_list_with_that_item_changed():
     """A Composite's terms are a list the CLI cannot index: the trial overrides the whole list."""
-    config = search_module.flatten(
+    config = search_space.flatten(
         {
             "model": {
                 "init_args": {
@@ -288,13 +288,13 @@ def test_a_key_into_a_list_overrides_the_whole_list_with_that_item_changed():
         }
     )
     key = "model.init_args.objective.init_args.terms.1.init_args.weight"
-    assert key in config and search_module.list_prefix(key, config) == "model.init_args.objective.init_args.terms"
+    assert key in config and search_space.list_prefix(key, config) == "model.init_args.objective.init_args.terms"
     params = {
         key: 2.5,
         "model.init_args.objective.init_args.terms.0.init_args.temperature": 2.0,
         "trainer.max_epochs": 5,
     }
-    out = search_module.overrides(params, config)
+    out = search_space.overrides(params, config)
     assert out[0] == "--trainer.max_epochs=5"
     name, value = out[1].split("=", 1)
     assert name == "--model.init_args.objective.init_args.terms"
@@ -305,7 +305,7 @@ def test_a_key_into_a_list_overrides_the_whole_list_with_that_item_changed():
 
 
 def test_the_shipped_search_space_names_keys_of_its_config():
-    space = search_module.parse_space(REPO / "configs" / "spaces" / "shortcut_kd_explain.yaml")
+    space = search_space.parse_space(REPO / "configs" / "spaces" / "shortcut_kd_explain.yaml")
     config = resolved_config([REPO / "configs" / "shortcut" / "kd_explain.yaml"], [])
-    search_module.check_keys(space, config)  # raises on a key the config does not have
+    search_space.check_keys(space, config)  # raises on a key the config does not have
     assert len(space) == 3
