@@ -8,6 +8,7 @@ from kdlight.core.modality.base import MAX_FEATURES_WITHOUT_PATCHES, ChannelsFir
 from kdlight.core.modality.image import Image
 from kdlight.core.modality.signal import Signal
 from kdlight.core.modality.tabular import TOP_FEATURES, Tabular
+from kdlight.core.modality.text import Text
 
 __all__ = [
     "Modality",
@@ -15,6 +16,7 @@ __all__ = [
     "Image",
     "Signal",
     "Tabular",
+    "Text",
     "MAX_FEATURES_WITHOUT_PATCHES",
     "TOP_FEATURES",
     "figure_to_array",
