@@ -12,6 +12,7 @@ from torch import nn
 
 from kdlight.models.cnn import CNN1d, CNN2d
 from kdlight.models.ensemble import TeacherEnsemble
+from kdlight.models.fasttext import FastText
 from kdlight.models.mlp import MLP
 from kdlight.models.resnet_cifar import (
     CifarResNet,
@@ -27,6 +28,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "cnn2d": CNN2d,
     "cnn1d": CNN1d,
+    "fasttext": FastText,
     "cifar_resnet": CifarResNet,
     "resnet8x4": ResNet8x4,
     "resnet32x4": ResNet32x4,
@@ -52,5 +54,6 @@ __all__ = [
     "WRN16_2",
     "WRN40_2",
     "TeacherEnsemble",
+    "FastText",
     "MODELS",
 ]
