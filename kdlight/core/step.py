@@ -19,7 +19,9 @@ class DistillStep:
     submodule's output, captured by :class:`kdlight.training.taps.FeatureTaps`. ``target`` is ``None`` when
     no sample of the batch has a label, and holds :data:`UNLABELED` for the unlabeled ones of a
     mixed batch (labeled samples first). ``student`` / ``teacher`` are the models themselves, for objectives that
-    need to differentiate through them (explanation matching).
+    need to differentiate through them (explanation matching). ``attention_mask`` is ``[N, T]``
+    True at real tokens for token inputs (``None`` for other inputs): losses over positions skip
+    padding.
     """
 
     inputs: Tensor
@@ -32,6 +34,7 @@ class DistillStep:
     global_step: int = 0
     student: nn.Module | None = None
     teacher: nn.Module | None = None
+    attention_mask: Tensor | None = None
 
 
 @dataclass
