@@ -36,6 +36,13 @@ section is a module of ``scripts/bench/``):
    a cache, and with ``teacher_cache="memory"``, for each selected workload, with the Trainer
    settings of section 1.
 
+6. Peak memory of token-level forward KL (``kdlight.functional.forward_kl``, chunked) against
+   the naive form and ``torch.utils.checkpoint`` per chunk, 2048 positions x V = 32,000, forward
+   + backward; a fresh subprocess per form on CPU (``bench/lm_memory.py``; only when asked).
+7. Compression: CPU latency at batch 1 and 64, size on disk and parameters of a dense MLP
+   student, the same 90 % sparse, int8 dynamic and int8 weight-only (``bench/compression.py``;
+   only when asked).
+
 Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 8
 minutes on 2 CPU cores, longer when they are busy), ``--quick`` (about 1-1.5 minutes),
 ``--sections 1 --workload cifar`` for one section and workload, ``--out table.md`` to also write

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kdlight.models",),
     ("kdlight.data",),
     ("kdlight.training",),
+    ("kdlight.compression",),  # Lightning callbacks around the student (pruning, quantisation)
     ("kdlight.reporting",),
     ("kdlight.explain.callback",),
     ("kdlight.analysis",),
@@ -78,7 +79,8 @@ def test_no_import_runs_up_the_layers():
 
 
 @pytest.mark.parametrize(
-    "module", ["kdlight.objectives", "kdlight.functional", "kdlight.core.batch", "kdlight.explain"]
+    "module",
+    ["kdlight.objectives", "kdlight.functional", "kdlight.core.batch", "kdlight.explain", "kdlight.core.weights"],
 )
 def test_light_modules_pull_in_no_lightning_pandas_or_pil(module):
     code = (

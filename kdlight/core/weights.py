@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdlight.core.pruned import rebuild_for_checkpoint
+
 # Prefixes under which kdlight's modules store the network that a teacher should receive.
 _PREFIXES = ("model.", "student.")
 #: attribute :func:`load_weights` sets on the module it filled: ``{"path": str, "data": [records]}``
@@ -91,6 +93,7 @@ def load_weights(model: nn.Module, path: str | Path, role: str = "teacher") -> l
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"could not read {role}_checkpoint {path}: {first_line}") from None
     state = _extract_state_dict(obj, path)
+    rebuild_for_checkpoint(model, obj, state, source=f"{role}_checkpoint {path}")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

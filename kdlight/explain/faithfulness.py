@@ -22,6 +22,10 @@ Decisions
   equal chunks (cut points ``round(i * P / steps)``), giving ``steps + 1`` points on the fraction
   axis ``cut / P`` in ``[0, 1]``; the area is the trapezoid rule over it. Ties keep input order.
   NaN attributions sort last.
+* Token ids (the text modality): a removed token is replaced by the modality's reference token
+  (:meth:`kdlight.core.modality.Text.replace`); only each sequence's own ``M`` real tokens move
+  (padding never does), in ``steps`` chunks of its own (cut points ``round(i * M / steps)``), so the
+  fraction axis ``cut / M`` is per sequence (``[N, steps + 1]``).
 * Infidelity (Yeh et al. 2019) wraps :func:`captum.metrics.infidelity` on the model's *logits*
   (the quantity the attribution methods explain). The perturbation is Gaussian,
   ``eps ~ N(0, noise_std^2)``. With ``multiply_by_inputs=True`` (default; for "global" maps such as
@@ -34,7 +38,8 @@ Decisions
   thread while training draws random numbers.
   The draws depend on ``seed``, ``N``, ``n_perturb_samples`` and ``batch_size`` (Captum hands the
   perturbation function chunks of repeated inputs), so teacher and student scored with the same
-  settings on the same probe set see identical noise.
+  settings on the same probe set see identical noise. Integer inputs (token ids) take no Gaussian
+  noise, so their infidelity is NaN per sample.
 """
 
 from __future__ import annotations
@@ -76,6 +81,14 @@ def _ranks(scores: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
+def _token_ranks(scores: Tensor, valid: Tensor) -> Tensor:
+    """Ranks [N, T] of the real tokens first (by score), padding after them."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    order = order.gather(1, torch.sort((~valid).gather(1, order).byte(), dim=1, stable=True).indices)
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
 def _curve(
     model: nn.Module,
     x: Tensor,
@@ -87,13 +100,13 @@ def _curve(
     batch_size: int,
     modality: Modality,
 ) -> Tensor:
-    """Target-class probabilities [N, S]: row i, point j has the ``cuts[j]`` top positions moved."""
-    n, s = ranks.shape[0], cuts.numel()
+    """Target-class probabilities [N, S]: row i, point j has the ``cuts[i, j]`` top positions moved."""
+    n, s = cuts.shape
     out = torch.empty(n * s, device=x.device, dtype=torch.float32)
     for start in range(0, n * s, batch_size):
         flat = torch.arange(start, min(start + batch_size, n * s), device=x.device)
         row, point = flat // s, flat % s
-        moved = modality.position_mask(ranks[row] < cuts[point, None], tuple(x.shape[1:]))
+        moved = modality.position_mask(ranks[row] < cuts[row, point, None], tuple(x.shape[1:]))
         batch = torch.where(moved, x[row], base[row]) if reveal else torch.where(moved, base[row], x[row])
         probs = F.softmax(model(batch).float(), dim=1)
         out[start : start + flat.numel()] = probs.gather(1, target[row, None]).squeeze(1)
@@ -111,7 +124,8 @@ def deletion_insertion_curves(
     *,
     modality: Modality | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Deletion and insertion curves ``[N, steps + 1]`` and their fraction axis ``[steps + 1]``.
+    """Deletion and insertion curves ``[N, steps + 1]`` and their fraction axis ``[steps + 1]``
+    (token ids: ``[N, steps + 1]``, each sequence's own real tokens).
 
     See :func:`deletion_insertion_auc`; the curves are the target-class softmax probabilities.
     """
@@ -120,17 +134,34 @@ def deletion_insertion_curves(
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     modality = modality if modality is not None else Modality.for_inputs(inputs)
     modality.check(inputs.shape)
+    tokens = modality.name == "text"
+    if tokens and not (isinstance(baseline, (int, float)) and baseline == 0):
+        raise ValueError(
+            "token ids are removed by the text modality's reference token (Text.reference_id); leave baseline unset"
+        )
     place = Placement.of(model, inputs.device)
     with attribution_context(model, (inputs.device, place.device), grad=False):
         x = place.put(inputs)
-        base = torch.broadcast_to(torch.as_tensor(baseline).to(device=place.device, dtype=x.dtype), x.shape)
-        ranks = _ranks(_position_scores(place.put(attributions, torch.float32), modality))
-        n_pos = ranks.shape[1]
-        cuts = torch.round(torch.linspace(0, n_pos, steps + 1, device=place.device)).long()
-        tgt = as_target(target, x.shape[0], place.device)
+        scores = _position_scores(place.put(attributions, torch.float32), modality)
+        n = x.shape[0]
+        if tokens:
+            valid = modality.valid(x)
+            base = modality.replace(x, valid)
+            ranks = _token_ranks(scores, valid)
+            points = torch.arange(steps + 1, device=place.device, dtype=torch.float32)
+            real = valid.sum(1, keepdim=True).float()
+            cuts = torch.round(points * real / steps).long()
+            fractions = cuts.float() / real.clamp(min=1)
+        else:
+            base = torch.broadcast_to(torch.as_tensor(baseline).to(device=place.device, dtype=x.dtype), x.shape)
+            ranks = _ranks(scores)
+            n_pos = ranks.shape[1]
+            cuts = torch.round(torch.linspace(0, n_pos, steps + 1, device=place.device)).long()
+            fractions = cuts.float() / n_pos
+            cuts = cuts.expand(n, -1)
+        tgt = as_target(target, n, place.device)
         deletion = _curve(model, x, base, ranks, cuts, tgt, reveal=False, batch_size=batch_size, modality=modality)
         insertion = _curve(model, x, base, ranks, cuts, tgt, reveal=True, batch_size=batch_size, modality=modality)
-    fractions = cuts.float() / n_pos
     out = inputs.device
     return deletion.to(out), insertion.to(out), fractions.to(out)
 
@@ -154,11 +185,17 @@ def deletion_insertion_auc(
     Lower deletion AUC and higher insertion AUC mean a more faithful map. ``baseline`` is a scalar
     or a tensor broadcastable to ``inputs`` (e.g. a training mean of shape ``[1, ...]``).
     ``batch_size`` bounds the rows per forward pass. ``modality`` says what a position is (default:
-    guessed from the inputs' rank).
+    guessed from the inputs' rank). Token ids (text modality): each sequence's real tokens are
+    replaced by the reference token in ``steps`` chunks of its own length; padding never moves and
+    ``baseline`` stays unset. A sequence without real tokens gets the constant probability's area.
     """
     deletion, insertion, fractions = deletion_insertion_curves(
         model, inputs, attributions, target, steps, baseline, batch_size, modality=modality
     )
+    if fractions.dim() == 2:  # token ids: each sequence's own axis (all zeros without real tokens)
+        fractions = torch.where(
+            fractions[:, -1:] > 0, fractions, torch.linspace(0, 1, fractions.shape[1]).to(fractions)
+        )
     return torch.trapezoid(deletion, fractions, dim=1), torch.trapezoid(insertion, fractions, dim=1)
 
 
@@ -209,16 +246,15 @@ def infidelity_score(
     ``False`` adds it directly (saliency-like maps); ``baseline`` is shared by all rows (a scalar
     or a tensor of one input's shape, with or without a leading 1). ``normalize`` makes the score invariant to
     rescaling the map (Captum's beta). ``batch_size`` caps the perturbed rows per forward pass.
+    Integer inputs (token ids) cannot take Gaussian noise: their score is NaN per sample.
     """
     from captum.metrics import infidelity
 
     _check_pair(inputs, attributions)
     if n_perturb_samples < 1 or noise_std <= 0:
         raise ValueError("n_perturb_samples must be >= 1 and noise_std > 0")
-    if not inputs.is_floating_point():
-        raise ValueError(
-            f"infidelity adds Gaussian noise to the inputs, which needs floating inputs; these are {inputs.dtype}"
-        )
+    if not inputs.is_floating_point():  # token ids: Gaussian noise on ids has no meaning
+        return torch.full((inputs.shape[0],), float("nan"), device=inputs.device)
     place = Placement.of(model, inputs.device)
     n = inputs.shape[0]
     max_rows = None if batch_size is None else max(n, min(batch_size, n * n_perturb_samples))

@@ -18,6 +18,9 @@ Decisions
   the two are on one scale.
 * ``modality``: the data module's (``datamodule.modality``); without it, one is guessed from the
   inputs' rank (:meth:`Modality.for_inputs`, with ``feature_names`` for tabular inputs).
+* Token ids (:class:`~kdlight.core.modality.Text`) stay integers; their figure is each sentence with
+  its tokens shaded by the teacher's and the student's maps (one row per model, padding never
+  shown), also as HTML (:func:`explanation_html`).
 """
 
 from __future__ import annotations
@@ -26,18 +29,26 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from kdlight.core.modality import Modality, figure_to_array
+from kdlight.core.modality import Modality, Text, figure_to_array
 from kdlight.core.modality.base import new_figure
 
-__all__ = ["explanation_figure", "explanation_image", "figure_to_array", "agreement_over_epochs_figure"]
+__all__ = [
+    "explanation_figure",
+    "explanation_image",
+    "explanation_html",
+    "figure_to_array",
+    "agreement_over_epochs_figure",
+]
 
 ArrayLike = Tensor | np.ndarray
 
 
-def _numpy(x: ArrayLike) -> np.ndarray:
+def _numpy(x: ArrayLike, ids: bool = False) -> np.ndarray:
+    """Float32 values; with ``ids``, int64 token ids (never cast to float)."""
     if isinstance(x, Tensor):
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=np.float32)
+        x = x.detach().cpu()
+        return x.long().numpy() if ids else x.float().numpy()
+    return np.asarray(x, dtype=np.int64 if ids else np.float32)
 
 
 def _prepare(
@@ -50,7 +61,7 @@ def _prepare(
 ) -> tuple[Modality, np.ndarray, np.ndarray, np.ndarray]:
     """The modality and the three arrays, checked."""
     modality = modality if modality is not None else Modality.for_inputs(inputs, feature_names)
-    x, t, s = _numpy(inputs), _numpy(teacher_maps), _numpy(student_maps)
+    x, t, s = _numpy(inputs, ids=isinstance(modality, Text)), _numpy(teacher_maps), _numpy(student_maps)
     modality.check(x.shape)
     if t.shape != x.shape or s.shape != x.shape:
         raise ValueError(f"teacher and student maps must have the inputs' shape {x.shape}, got {t.shape} and {s.shape}")
@@ -90,6 +101,24 @@ def explanation_image(
     """:func:`explanation_figure` as an RGB array ``[H, W, 3]`` (uint8); images skip matplotlib."""
     modality, x, t, s = _prepare(inputs, teacher_maps, student_maps, labels, feature_names, modality)
     return modality.explanation_image(x, t, s, labels, title)
+
+
+def explanation_html(
+    inputs: ArrayLike,
+    teacher_maps: ArrayLike,
+    student_maps: ArrayLike,
+    labels: list[str] | None = None,
+    title: str = "",
+    *,
+    modality: Modality,
+) -> str:
+    """:func:`explanation_figure` as a self-contained HTML string, for modalities that write one
+    (:meth:`kdlight.core.modality.Text.explanation_html`: shaded tokens with their values)."""
+    write = getattr(modality, "explanation_html", None)
+    if write is None:
+        raise ValueError(f"{modality.name} inputs have no HTML figure; use explanation_image")
+    modality, x, t, s = _prepare(inputs, teacher_maps, student_maps, labels, None, modality)
+    return write(x, t, s, labels, title)
 
 
 def agreement_over_epochs_figure(frame, metrics: list[str] | None = None, title: str = "") -> Figure:

@@ -2,10 +2,12 @@
 
 from kdlight.objectives.base import Objective
 from kdlight.objectives.composite import Composite
-from kdlight.objectives.explanation import ExplanationMatching
+from kdlight.objectives.explanation import AttributionDistillation, ExplanationMatching
 from kdlight.objectives.features import PKT, RKD, AttentionTransfer, Hint
 from kdlight.objectives.logits import DKD, KD, CrossEntropy
 from kdlight.objectives.multi_teacher import MultiTeacherKD
+from kdlight.objectives.preservation import ExplanationPreservation
+from kdlight.objectives.text import AttentionMatching, HiddenStateMatching
 
 __all__ = [
     "Objective",
@@ -18,5 +20,9 @@ __all__ = [
     "RKD",
     "PKT",
     "ExplanationMatching",
+    "AttributionDistillation",
+    "ExplanationPreservation",
     "MultiTeacherKD",
+    "HiddenStateMatching",
+    "AttentionMatching",
 ]

@@ -1,5 +1,5 @@
-"""Send figures, tables and the resolved config to whichever logger a trainer has (W&B,
-TensorBoard, CSV files)."""
+"""Send figures (images, HTML pages), tables and the resolved config to whichever logger a trainer
+has (W&B, TensorBoard, CSV files)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def log_image(trainer: Trainer, key: str, image: np.ndarray, epoch: int) -> list
         Image.fromarray(image).save(path, compress_level=1)
         written.append(str(path))
     return written
+
+
+def log_html(trainer: Trainer, key: str, html: str, epoch: int) -> list[str]:
+    """Log a self-contained ``html`` page under ``key``: a ``wandb.Html`` for W&B, and always an
+    ``.html`` file under ``<run>/explain/`` (beside the figure's PNG). Returns the file's path."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            page = wandb.Html(html, inject=False, data_is_not_path=True)
+            logger.experiment.log({key: page, "epoch": epoch, "trainer/global_step": trainer.global_step})
+    path = artifact_dir(trainer) / _file_name(key, epoch, ".html")
+    path.write_text(html, encoding="utf-8")
+    return [str(path)]
 
 
 def log_table(trainer: Trainer, key: str, table: pd.DataFrame, epoch: int) -> list[str]:
@@ -143,4 +157,12 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         log_config(trainer, config)
 
 
-__all__ = ["CLI_CONFIG_KEY", "LoggerSaveConfigCallback", "artifact_dir", "log_config", "log_image", "log_table"]
+__all__ = [
+    "CLI_CONFIG_KEY",
+    "LoggerSaveConfigCallback",
+    "artifact_dir",
+    "log_config",
+    "log_html",
+    "log_image",
+    "log_table",
+]

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from kdlight.core.batch import as_batch
+from kdlight.core.batch import Batch, as_batch
 from kdlight.core.datamodule import DataCapabilities, data_capabilities
 from kdlight.core.errors import check_finite_loss
+from kdlight.core.modality import Text
 from kdlight.core.rng import rng_state, set_rng_state
 
 try:  # set by LightningCLI while it instantiates the model: the config with class paths
@@ -119,6 +120,7 @@ class SupervisedBase(LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.num_classes = num_classes
         self.check_finite = True
+        self._mask_checked = False
         self._reset_training_log()
 
     # -- cheap training logs -----------------------------------------------------------------
@@ -269,6 +271,31 @@ class SupervisedBase(LightningModule):
         x = data.example_input(2)
         weights = next(self.parameters(), None)
         return x.to(weights.device if weights is not None else self.device)
+
+    def text_modality(self) -> Text | None:
+        """The data module's :class:`~kdlight.core.modality.Text` modality; ``None`` for other inputs."""
+        modality = self.datamodule_capabilities().modality
+        return modality if isinstance(modality, Text) else None
+
+    def check_text(self, x: Tensor, **models: nn.Module) -> None:
+        """For token inputs: the models share the data's vocabulary, padding id and length, and the
+        example ids are ids of that vocabulary (one-line errors); nothing for other inputs."""
+        text = self.text_modality()
+        if text is None:
+            return
+        from kdlight.models.text_checks import check_text_models
+
+        text.check_ids(x)
+        check_text_models(text, **models)
+
+    def check_attention_mask(self, batch: Batch) -> None:
+        """The first batch's ``attention_mask`` (when it has one) agrees with the padding of its ids."""
+        if self._mask_checked or batch.attention_mask is None:
+            return
+        text = self.text_modality()
+        if text is not None:
+            text.check_ids(batch.inputs, batch.attention_mask)
+        self._mask_checked = True
 
     def resolve_num_classes(self, logits: Tensor) -> int:
         """The class count: given explicitly, else read off the logits of the dry run at setup."""

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from kdlight.core.batch import as_batch
+from kdlight.models.outputs import return_logits
 from kdlight.objectives.base import check_arg
 from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 
@@ -33,7 +34,7 @@ class ClassifierModule(SupervisedBase):
     ) -> None:
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["model", "optimizer", "lr_scheduler"])
-        self.model = model
+        self.model = return_logits(model)
         self.label_smoothing = check_arg(
             "ClassifierModule",
             "label_smoothing",
@@ -43,7 +44,9 @@ class ClassifierModule(SupervisedBase):
         )
 
     def setup(self, stage: str) -> None:
-        num_classes = self.resolve_num_classes(dry_forward(self.model, self.example_input()))
+        x = self.example_input()
+        self.check_text(x, model=self.model)
+        num_classes = self.resolve_num_classes(dry_forward(self.model, x))
         for split in ("val", "test"):
             setattr(self, f"{split}_metrics", classification_metrics(num_classes, f"{split}/"))
 
@@ -55,6 +58,7 @@ class ClassifierModule(SupervisedBase):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         batch = as_batch(batch)
+        self.check_attention_mask(batch)
         logits = self.model(batch.inputs)
         loss = F.cross_entropy(logits, batch.target, label_smoothing=self.label_smoothing)
         self.record_training({"train/loss": loss}, logits, batch.target)

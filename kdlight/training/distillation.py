@@ -15,10 +15,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kdlight.core.batch import Batch, as_batch
+from kdlight.core.modality import Text
+from kdlight.core.pruned import apply_record, checkpoint_record
 from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
 from kdlight.core.weights import checkpoint_sources, load_weights
 from kdlight.data.base import teacher_data_overlap
 from kdlight.functional.agreement import predictive_kl, top1_agreement
+from kdlight.models.outputs import return_logits
 from kdlight.objectives import KD, Objective
 from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 from kdlight.training.taps import FeatureTaps
@@ -86,8 +89,8 @@ class DistillationModule(SupervisedBase):
         if teacher_checkpoint is not None:
             load_weights(teacher, teacher_checkpoint, role="teacher")
         self.teacher_checkpoint = None if teacher_checkpoint is None else str(teacher_checkpoint)
-        self.teacher = freeze(teacher)
-        self.student = student
+        self.teacher = freeze(return_logits(teacher))
+        self.student = return_logits(student)
         self.objective = objective if objective is not None else KD()
         self.check_finite = check_finite  # checked on logging steps (every log_every_n_steps)
         self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
@@ -100,6 +103,7 @@ class DistillationModule(SupervisedBase):
         self.teacher_as_given, self.allow_teacher_data_overlap = teacher_as_given, allow_teacher_data_overlap
         self._teacher_restored = False  # set when a checkpoint's state_dict restores the teacher
         self._restored_teacher_data: list[dict[str, Any]] | None = None  # that checkpoint's kdlight_teacher_data
+        self._text: Text | None = None  # the data's token modality (set at setup): steps mark real tokens
 
     # -- the teacher stays frozen ------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
@@ -177,6 +181,13 @@ class DistillationModule(SupervisedBase):
         if self.teacher_cache is not None and stage == "fit" and self._cache is None:
             self._setup_cache()
         x = self.example_input()
+        self.check_text(x, teacher=self.teacher, student=self.student)
+        self._text = self.text_modality()
+        if self._text is not None and self.batch_transform is not None:
+            raise ValueError(
+                f"batch_transform ({type(self.batch_transform).__name__}) mixes input values, which token ids cannot be; "
+                "drop batch_transform for text data"
+            )
         step = self._shape_step(x)
         t_classes, s_classes = step.teacher_logits.shape[-1], step.student_logits.shape[-1]
         if t_classes != s_classes:
@@ -270,6 +281,7 @@ class DistillationModule(SupervisedBase):
             teacher_features=self._teacher_taps.pop(),
             student=self.student,
             teacher=self.teacher,
+            attention_mask=None if self._text is None else self._text.valid(x),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -281,6 +293,9 @@ class DistillationModule(SupervisedBase):
         """Rebuild the objective's trainable parts from the saved feature shapes before loading;
         note that the teacher's weights (and the record of its data) come from the checkpoint."""
         super().on_load_checkpoint(checkpoint)
+        pruned = checkpoint_record(checkpoint, "student")
+        if pruned:  # a structurally pruned student: give the configured one its shapes first
+            apply_record(self.student, pruned, source="the checkpoint")
         if any(key.startswith("teacher.") for key in checkpoint.get("state_dict", {})):
             self._teacher_restored = True
             records = checkpoint.get("kdlight_teacher_data")
@@ -339,6 +354,7 @@ class DistillationModule(SupervisedBase):
             global_step=self.global_step,
             student=self.student if self.objective.needs_models else None,
             teacher=self.teacher if self.objective.needs_models else None,
+            attention_mask=None if self._text is None else self._text.valid(x),
         )
         return step, self.objective(step)
 
@@ -363,6 +379,7 @@ class DistillationModule(SupervisedBase):
         Labeled samples come first; ``batch_transform`` is applied to the whole batch.
         """
         batch = as_batch(batch)
+        self.check_attention_mask(batch)
         x, y, index = batch.inputs, batch.target, batch.index
         n_labeled = len(x) if y is not None else 0
         if batch.transfer is not None:

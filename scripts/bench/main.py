@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench import callback_share, ig_memory, teacher_cache, throughput
+from bench import callback_share, compression, ig_memory, lm_memory, teacher_cache, throughput
 from bench.common import Row, loadavg, log, machine_line, quiet
 from bench.workloads import Workload
 
@@ -21,6 +21,8 @@ SECTIONS = {
     "2": ("explanation callback share", callback_share, False),
     "3": ("integrated-gradients peak memory", ig_memory, False),
     "5": ("teacher cache", teacher_cache, True),
+    "6": ("LM token-level KL peak memory", lm_memory, False),
+    "7": ("compression: latency, size, parameters", compression, False),
 }
 HEADER = ["sec", "measurement", "value (median or min, [min-max])", "baseline (same run)", "ratio", "goal"]
 
@@ -41,7 +43,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         default=None,
         help="torch intra-op threads (default: 1 on cpu, to keep shared cores from adding noise; torch's default on cuda)",
     )
-    p.add_argument("--sections", default="1,2,3,5", help="comma-separated subset of 1,2,3,5 (4 rides with 1 on cuda)")
+    p.add_argument(
+        "--sections",
+        default="1,2,3,5",
+        help="comma-separated subset of 1,2,3,5,6,7 (4 rides with 1 on cuda; 6 and 7 only when asked)",
+    )
     p.add_argument(
         "--workload",
         choices=["digits", "cifar", "both"],
@@ -125,6 +131,10 @@ def build_table(cfg, results: dict) -> list[str]:
         rows += ig_memory.rows(cfg, results["3"])
     for wl_name, res in (results.get("5") or {}).items():
         rows += teacher_cache.rows(wl_name, res)
+    if results.get("6"):
+        rows += lm_memory.rows(cfg, results["6"])
+    if results.get("7"):
+        rows += compression.rows(results["7"])
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -146,6 +156,10 @@ def notes_lines(cfg, sections: set[str], results: dict) -> list[str]:
         notes += ig_memory.notes(cfg)
     if "5" in sections:
         notes += teacher_cache.notes(cfg)
+    if "6" in sections:
+        notes += lm_memory.notes(cfg)
+    if "7" in sections:
+        notes += compression.notes(cfg)
     return notes
 
 
@@ -161,7 +175,7 @@ def main(argv: list[str] | None = None, description: str = "") -> None:
     sections = {s.strip() for s in cfg.sections.split(",")}
     unknown = sections - {*SECTIONS, "4"}
     if unknown:
-        sys.exit(f"--sections: unknown section(s) {sorted(unknown)}; choose from 1,2,3,5")
+        sys.exit(f"--sections: unknown section(s) {sorted(unknown)}; choose from 1,2,3,5,6,7")
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     load_start = loadavg()
     print(f"load average at start: {load_start}")

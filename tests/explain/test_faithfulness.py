@@ -205,3 +205,39 @@ def test_the_modality_says_what_moves_together():
     assert all(torch.equal(a, b) for a, b in zip(guessed, explicit))
     with pytest.raises(ValueError, match=r"tabular inputs must be \[N, F\]"):
         deletion_insertion_auc(model, x, truth, 1, modality=Tabular())
+
+
+# ------------------------------------------------------------------------------------------
+# token ids
+# ------------------------------------------------------------------------------------------
+def test_token_deletion_and_insertion_replace_real_tokens_by_the_reference_token():
+    from kdlight.core.modality import Text
+    from kdlight.models import FastText
+
+    torch.manual_seed(0)
+    model = FastText(20, num_classes=3, embed_dim=6, pad_token_id=0)
+    text = Text(20, pad_id=0, reference_id=1)
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0], [9, 10, 0, 0, 0, 0]])
+    maps = torch.tensor([[0.1, 0.4, -0.2, 0.3, 9.0, 9.0], [-1.0, 2.0, 9.0, 9.0, 9.0, 9.0]])  # padding never moves
+    deletion, insertion, fractions = deletion_insertion_curves(model, ids, maps, 2, steps=4, modality=text)
+
+    def prob(row: list[int]) -> float:
+        with torch.no_grad():
+            return torch.softmax(model(torch.tensor([row])), 1)[0, 2].item()
+
+    # sequence 0: 4 real tokens, one per step in map order (positions 1, 3, 0, 2)
+    order, row = [1, 3, 0, 2], [5, 6, 7, 8, 0, 0]
+    for j in range(5):
+        gone = [1 if p in order[:j] else t for p, t in enumerate(row)]
+        shown = [t if p in order[:j] or t == 0 else 1 for p, t in enumerate(row)]
+        assert deletion[0, j].item() == pytest.approx(prob(gone), abs=1e-6)
+        assert insertion[0, j].item() == pytest.approx(prob(shown), abs=1e-6)
+    # sequence 1: 2 real tokens in 4 steps: cuts round(j * 2 / 4) = 0, 0, 1, 2, 2 (round half to even)
+    assert fractions[1].tolist() == [0.0, 0.0, 0.5, 1.0, 1.0] and fractions[0].tolist() == [0, 0.25, 0.5, 0.75, 1]
+    assert deletion[1, 2].item() == pytest.approx(prob([9, 1, 0, 0, 0, 0]), abs=1e-6)
+    areas = deletion_insertion_auc(model, ids, maps, 2, steps=4, modality=text)
+    for area, curve in zip(areas, (deletion, insertion)):
+        torch.testing.assert_close(area, torch.trapezoid(curve, fractions, dim=1))
+    assert torch.isnan(infidelity_score(model, ids, maps, 2)).all()  # Gaussian noise on ids: not defined
+    with pytest.raises(ValueError, match="removed by the text modality's reference token"):
+        deletion_insertion_auc(model, ids, maps, 2, baseline=torch.zeros(1, 6), modality=text)

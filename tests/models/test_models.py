@@ -43,7 +43,10 @@ def build(cls: type[nn.Module], num_classes: int = NUM_CLASSES) -> tuple[nn.Modu
     return cls(**kwargs), torch.randn(BATCH, *shape)
 
 
-names = pytest.mark.parametrize("name", sorted(MODELS))
+#: models of float inputs; the text models (token ids, a required vocab_size) have their own contract
+FLOAT_MODELS = sorted(name for name, cls in MODELS.items() if not hasattr(cls, "get_input_embeddings"))
+TEXT_MODELS = sorted(set(MODELS) - set(FLOAT_MODELS))
+names = pytest.mark.parametrize("name", FLOAT_MODELS)
 
 
 @names
@@ -153,3 +156,23 @@ def test_grad_cam_explains_the_declared_layer_by_default(name: str) -> None:
     default = attribute(model, x, target, AttributionConfig("grad_cam"))
     declared = attribute(model, x, target, AttributionConfig("grad_cam", layer=model.gradcam_layer))
     assert default.shape == x.shape and torch.equal(default, declared)
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_text_model_contract(name: str) -> None:
+    """Token ids -> logits; padding after a sequence changes nothing; gradients reach the weights."""
+    torch.manual_seed(0)
+    model = MODELS[name](vocab_size=30, num_classes=NUM_CLASSES).eval()
+    params = inspect.signature(MODELS[name]).parameters
+    assert "num_classes" in params and "vocab_size" in params
+    ids = torch.randint(1, 30, (BATCH, 6))
+    out = model(ids)
+    assert out.shape == (BATCH, NUM_CLASSES)
+    padded = torch.cat([ids, torch.zeros(BATCH, 3, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded), out, atol=1e-5, rtol=1e-5)
+    assert isinstance(model.get_input_embeddings(), nn.Embedding)
+    out.square().sum().backward()
+    missing = [
+        n for n, p in model.named_parameters() if "pooler" not in n and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert not missing, f"no gradient for {missing}"

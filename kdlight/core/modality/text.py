@@ -9,12 +9,16 @@ batch may carry ``attention_mask``; kdlight checks that it is ``ids != pad_id``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from kdlight.core.modality.base import Modality, check_patch_size
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Text"]
 
@@ -33,6 +37,9 @@ class Text(Modality):
     * Feature groups, deletion / insertion steps and occlusion windows: one token each, or
       ``patch_size`` consecutive tokens. Padded positions are never scored (see :meth:`valid`).
     * No spatial positions, so no Grad-CAM.
+    * Figures: each sentence with its tokens shaded by the teacher's and the student's maps, one
+      row per model, as PNG (:meth:`explanation_image`) and HTML (:meth:`explanation_html`); see
+      :mod:`kdlight.core.modality.text_drawing`.
     """
 
     vocab_size: int
@@ -137,3 +144,37 @@ class Text(Modality):
         """The token strings of one sequence's real (unpadded) positions."""
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids) if int(i) != self.pad_id]
         return [self.tokens[i] if self.tokens is not None else str(i) for i in ids]
+
+    # -- figures -------------------------------------------------------------------------------
+    def _drawn(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer ids ``[N, T]`` and their real-token mask, for drawing."""
+        ids = np.asarray(x).astype(np.int64)
+        return ids, ids != self.pad_id
+
+    def explanation_image(
+        self, x: np.ndarray, t: np.ndarray, s: np.ndarray, labels: list[str] | None, title: str
+    ) -> np.ndarray:
+        """Each probe's sentence, its tokens shaded by the teacher's (row 1) and the student's
+        (row 2) map: an RGB array ``[H, W, 3]`` (uint8) drawn with Pillow; padding is not drawn."""
+        from kdlight.core.modality.text_drawing import token_image
+
+        ids, valid = self._drawn(x)
+        return token_image(ids, np.asarray(t), np.asarray(s), valid, self.decode, labels, title)
+
+    def explanation_figure(
+        self, x: np.ndarray, t: np.ndarray, s: np.ndarray, labels: list[str] | None, title: str
+    ) -> Figure:
+        """The picture of :meth:`explanation_image` in one axes, axis off."""
+        from kdlight.core.modality.image import _raster_figure
+
+        return _raster_figure(self.explanation_image(x, t, s, labels, title))
+
+    def explanation_html(
+        self, x: np.ndarray, t: np.ndarray, s: np.ndarray, labels: list[str] | None, title: str
+    ) -> str:
+        """The figure as a self-contained HTML string: one ``<span>`` per real token, shaded, with
+        ``title="<role>: <value>"``; tokens HTML-escaped."""
+        from kdlight.core.modality.text_drawing import token_html
+
+        ids, valid = self._drawn(x)
+        return token_html(ids, np.asarray(t), np.asarray(s), valid, self.decode, labels, title)

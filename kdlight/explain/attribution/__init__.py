@@ -17,6 +17,10 @@
   ``occlusion``, ``lrp``), each with its metadata (``METHODS[name].local``, ``.pure``, ...).
   A method may also be named by the class path of a ``Method`` subclass
   (``methods: [saliency, my_package.module.MyMethod]`` in YAML).
+* Token ids (the text modality, :mod:`kdlight.explain.attribution.tokens`): gradient methods run at
+  the model's embedding layer (their ``layer_variant``: Captum's layer methods) and are summed over
+  the hidden dimension; perturbation methods replace real tokens by the reference token; padding is
+  0 in every map; the methods that cannot explain tokens are refused in one line.
 
 Baselines (``AttributionConfig.baseline``): ``"zeros"`` -- the modality's reference input (zeros)
 of shape ``[1, ...]``; ``"mean"`` -- the training mean, shape ``[1, ...]`` (needs

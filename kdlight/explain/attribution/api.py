@@ -10,6 +10,7 @@ from kdlight.explain.attribution.baselines import make_baselines
 from kdlight.explain.attribution.config import AttributionConfig
 from kdlight.explain.attribution.context import Placement, TargetLike, as_target, attribution_context
 from kdlight.explain.attribution.registry import baseline_kind, get_method, is_pure
+from kdlight.explain.attribution.tokens import check_token_method
 
 __all__ = ["attribute"]
 
@@ -29,7 +30,8 @@ def attribute(
     no_grad, inference_mode and autocast; restores train/eval flags; leaves ``.grad`` alone (see
     :mod:`kdlight.explain.attribution.context`). ``train_inputs``: training inputs for the
     ``mean`` / ``sample`` baselines. ``modality``: the data module's (``datamodule.modality``);
-    default: guessed from the inputs' rank.
+    default: guessed from the inputs' rank (token ids need the text modality: see
+    :mod:`kdlight.explain.attribution.tokens`).
     """
     if not isinstance(config, AttributionConfig):
         raise ValueError(f"config must be an AttributionConfig, got {type(config).__name__}")
@@ -38,6 +40,9 @@ def attribute(
     modality = modality if modality is not None else Modality.for_inputs(inputs)
     modality.check(inputs.shape)
     method = get_method(config.method)
+    if modality.name == "text":
+        check_token_method(method, config)
+        modality.check_ids(inputs)
     if not method.supports(modality):
         raise ValueError(
             f"{config.method} supports {', '.join(sorted(method.modalities))} inputs, not {modality.name} inputs "

@@ -42,6 +42,10 @@ class Method:
     * ``noise_tunnel`` -- may be wrapped by Captum's ``NoiseTunnel`` (``AttributionConfig.noise_tunnel``).
     * ``explains_layer`` -- reads ``AttributionConfig.layer`` (Grad-CAM).
     * ``modalities`` -- names of the input modalities it supports (``None``: all).
+    * ``layer_variant`` -- the ``captum.attr`` layer method that computes it for token ids at the
+      model's embedding layer (``get_input_embeddings()``), e.g. ``"LayerIntegratedGradients"``;
+      ``None``: a gradient method that cannot explain tokens (see
+      :mod:`kdlight.explain.attribution.tokens`).
     * ``training_map`` -- a differentiable map for training-time matching,
       ``fn(model, x, target, *, create_graph, layer, n_steps, baseline, modality) -> Tensor``,
       or ``None``.
@@ -58,6 +62,7 @@ class Method:
     noise_tunnel: ClassVar[bool] = False
     explains_layer: ClassVar[bool] = False
     modalities: ClassVar[frozenset[str] | None] = None
+    layer_variant: ClassVar[str | None] = None
     training_map: ClassVar[Callable[..., Tensor] | None] = None
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -66,8 +71,11 @@ class Method:
 
     @classmethod
     def supports(cls, modality: Modality) -> bool:
-        """Whether the method explains inputs of ``modality``."""
-        return cls.modalities is None or modality.name in cls.modalities
+        """Whether the method explains inputs of ``modality``: those it declares, else all except
+        token ids, which need a ``layer_variant`` (at the embeddings) or token replacement."""
+        if cls.modalities is not None:
+            return modality.name in cls.modalities
+        return modality.name != "text" or cls.layer_variant is not None or cls.perturbation
 
     def attribute(
         self,
@@ -90,7 +98,8 @@ class Method:
 
 class CaptumMethod(Method):
     """A method computed by one Captum ``Attribution`` on inputs that require grad (gradient
-    methods), optionally wrapped by ``NoiseTunnel``. Subclasses implement :meth:`explainer`."""
+    methods), optionally wrapped by ``NoiseTunnel``. Subclasses implement :meth:`explainer`; token
+    ids (text) go to the ``layer_variant`` at the embedding layer instead."""
 
     def explainer(
         self, model: nn.Module, inputs: Tensor, config: AttributionConfig, baselines: Tensor | None
@@ -104,6 +113,10 @@ class CaptumMethod(Method):
 
     def attribute(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
         if not inputs.is_floating_point():
+            if modality.name == "text":
+                from kdlight.explain.attribution.tokens import layer_attributions
+
+                return layer_attributions(self, model, inputs, target, config, baselines=baselines, modality=modality)
             raise ValueError(
                 f"{self.name or type(self).__name__} differentiates the model with respect to its inputs, which needs floating "
                 f"inputs; these are {inputs.dtype}"

@@ -22,13 +22,18 @@ def make_baselines(
     """Baselines for ``inputs`` ([N, ...]).
 
     ``"zeros"`` -> the modality's reference input ``[1, ...]`` (zeros without a modality);
-    ``"mean"`` -> training mean ``[1, ...]``; ``"sample"`` -> ``min(n, len(train_inputs))``
+    ``"mean"`` -> training mean ``[1, ...]`` (not for token ids); ``"sample"`` -> ``min(n, len(train_inputs))``
     training inputs drawn without replacement by a local generator seeded with ``seed`` (same
     seed, same rows). Returned on ``inputs``' device and dtype.
     """
     if kind not in ("zeros", "mean", "sample"):
         raise ValueError(f"unknown baseline kind {kind!r}; valid kinds are: zeros, mean, sample")
     feature_shape = tuple(inputs.shape[1:])
+    if kind == "mean" and modality is not None and modality.name == "text":
+        raise ValueError(
+            "baseline='mean' averages token ids, which is not a token sequence; use baseline='zeros' (the "
+            "reference token) for text inputs"
+        )
     if kind == "zeros":
         if modality is not None:
             return modality.reference(inputs)

@@ -35,7 +35,7 @@ class AttributionConfig:
     :mod:`kdlight.explain.attribution`. ``layer``: Grad-CAM layer (``None`` = the model's
     ``gradcam_layer``, else its last conv). ``noise_tunnel`` / ``nt_samples`` / ``nt_stdevs``:
     optional SmoothGrad-style wrapper. ``patch_size``: feature-group size of the perturbation
-    methods (square patches of images, segments of signals). ``seed``: seeds every random choice
+    methods (square patches of images, segments of signals, consecutive real tokens of text). ``seed``: seeds every random choice
     of the call.
     """
 

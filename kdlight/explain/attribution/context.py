@@ -10,7 +10,8 @@ Shared by :func:`kdlight.explain.attribution.attribute` and :mod:`kdlight.explai
   afterwards), inference mode off, gradients on or off, autocast off on the inputs' and the
   model's device, optionally a forked and seeded RNG (torch CPU and CUDA, numpy, ``random``) and,
   with gradients, strict deterministic algorithms relaxed to warnings on the main thread.
-* :func:`as_target` -- one class index per input as a LongTensor ``[N]``.
+* :func:`as_target` -- one class index per input as a LongTensor ``[N]``; :func:`target_score` --
+  the sum of each row's target logit (what gradient maps differentiate).
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Placement", "attribution_context", "eval_mode", "seeded", "no_autocast", "as_target", "TargetLike"]
+__all__ = [
+    "Placement",
+    "attribution_context",
+    "eval_mode",
+    "seeded",
+    "no_autocast",
+    "as_target",
+    "target_score",
+    "TargetLike",
+]
 
 TargetLike = int | Sequence[int] | Tensor
 
@@ -156,3 +166,10 @@ def as_target(target: TargetLike, n: int, device: torch.device) -> Tensor:
     if t.numel() != n:
         raise ValueError(f"target must be an int or have one class index per input ({n}), got {t.numel()}")
     return t.clone()
+
+
+def target_score(logits: Tensor, target: Tensor) -> Tensor:
+    """Sum over the batch of each row's target logit (what the maps differentiate)."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits [N, classes], got shape {list(logits.shape)}")
+    return logits.gather(1, target.view(-1, 1)).sum()

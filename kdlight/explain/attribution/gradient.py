@@ -1,7 +1,9 @@
 """Local gradient maps: saliency and input x gradient (Captum ``Saliency`` / ``InputXGradient``).
 
 ``saliency`` is the *signed* gradient ``d logit_target / d x`` (Captum ``abs=False``); metrics that
-need magnitudes take ``abs`` themselves, and sign agreement stays measurable.
+need magnitudes take ``abs`` themselves, and sign agreement stays measurable. On token ids both are
+taken at the embedding output (Captum ``LayerGradientXActivation``; saliency without the activation
+factor) and summed over the hidden dimension (:mod:`kdlight.explain.attribution.tokens`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ class Saliency(CaptumMethod):
     """The signed input gradient of the target logit."""
 
     name = "saliency"
-    local = True
+    local = True  # on tokens: the gradient alone (no activation factor)
+    layer_variant = "LayerGradientXActivation"
     noise_tunnel = True
     training_map = staticmethod(saliency_map)
 
@@ -33,6 +36,7 @@ class InputXGradient(CaptumMethod):
     """Input times the input gradient of the target logit."""
 
     name = "input_x_gradient"
+    layer_variant = "LayerGradientXActivation"
     noise_tunnel = True
     training_map = staticmethod(input_x_gradient_map)
 

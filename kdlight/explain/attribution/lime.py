@@ -25,7 +25,7 @@ class Lime(PerturbationMethod):
     name = "lime"
     random = True
 
-    def attribute(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
+    def attribute_groups(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
         from captum._utils.models.linear_model import SkLearnRidge
         from captum.attr import Lime as CaptumLime
 

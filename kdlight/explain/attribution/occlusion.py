@@ -24,7 +24,7 @@ class Occlusion(PerturbationMethod):
 
     name = "occlusion"
 
-    def attribute(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
+    def attribute_groups(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
         from captum.attr import Occlusion as CaptumOcclusion
 
         window, strides = modality.occlusion_window(tuple(inputs.shape[1:]), config.patch_size)

@@ -21,6 +21,7 @@ class IntegratedGradients(CaptumMethod):
     """Integrated gradients from the baseline, ``n_steps`` points (``internal_batch_size`` per pass)."""
 
     name = "integrated_gradients"
+    layer_variant = "LayerIntegratedGradients"
     takes_baseline = True
     noise_tunnel = True
     training_map = staticmethod(integrated_gradients_map)
@@ -39,6 +40,7 @@ class GradientShap(CaptumMethod):
     """Expected gradients over a baseline distribution (``n_samples`` draws, ``stdevs`` noise)."""
 
     name = "gradient_shap"
+    layer_variant = "LayerGradientShap"
     takes_baseline = True
     baseline_distribution = True
     random = True

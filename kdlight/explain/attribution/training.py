@@ -2,7 +2,9 @@
 
 Written with ``torch.autograd.grad(create_graph=...)``; each method with a training map names its
 function in its ``training_map`` metadata (saliency, input x gradient and integrated gradients
-here; Grad-CAM in :mod:`kdlight.explain.attribution.gradcam`).
+here; Grad-CAM in :mod:`kdlight.explain.attribution.gradcam`). On token ids (integer inputs) the
+maps are taken at the embedding output and summed over the hidden dimension
+(:func:`kdlight.explain.attribution.tokens.token_map`), 0 at padding.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from kdlight.core.modality import Modality
-from kdlight.explain.attribution.context import TargetLike, as_target
+from kdlight.explain.attribution.context import TargetLike, as_target, target_score
 from kdlight.explain.attribution.registry import METHODS
+from kdlight.explain.attribution.tokens import explains_tokens, token_map
 
 __all__ = [
     "input_gradient_map",
@@ -24,27 +27,33 @@ __all__ = [
 ]
 
 
-def training_map_kinds() -> tuple[str, ...]:
-    """Names of the registered methods that have a differentiable training map."""
-    return tuple(name for name, method in METHODS.items() if method.training_map is not None)
+def training_map_kinds(tokens: bool = False) -> tuple[str, ...]:
+    """Names of the registered methods that have a differentiable training map (``tokens``: those
+    that also explain token ids)."""
+    return tuple(
+        name
+        for name, method in METHODS.items()
+        if method.training_map is not None and (not tokens or explains_tokens(method))
+    )
 
 
-def target_score(logits: Tensor, target: Tensor) -> Tensor:
-    """Sum over the batch of each row's target logit (what the maps differentiate)."""
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits [N, classes], got shape {list(logits.shape)}")
-    return logits.gather(1, target.view(-1, 1)).sum()
-
-
-def saliency_map(model: nn.Module, x: Tensor, target: Tensor, *, create_graph: bool, **_: object) -> Tensor:
-    """``d logit_target / d x``."""
+def saliency_map(
+    model: nn.Module, x: Tensor, target: Tensor, *, create_graph: bool, modality: Modality | None = None, **_: object
+) -> Tensor:
+    """``d logit_target / d x`` (token ids: at the embedding output)."""
+    if not x.is_floating_point():
+        return token_map(model, x, target, kind="gradient", create_graph=create_graph, modality=modality)
     x = x.requires_grad_(True) if not x.requires_grad else x
     (grad,) = torch.autograd.grad(target_score(model(x), target), x, create_graph=create_graph)
     return grad
 
 
-def input_x_gradient_map(model: nn.Module, x: Tensor, target: Tensor, *, create_graph: bool, **_: object) -> Tensor:
-    """``x * d logit_target / d x``."""
+def input_x_gradient_map(
+    model: nn.Module, x: Tensor, target: Tensor, *, create_graph: bool, modality: Modality | None = None, **_: object
+) -> Tensor:
+    """``x * d logit_target / d x`` (token ids: embedding x gradient)."""
+    if not x.is_floating_point():
+        return token_map(model, x, target, kind="gradient_x_embedding", create_graph=create_graph, modality=modality)
     x = x.requires_grad_(True) if not x.requires_grad else x
     (grad,) = torch.autograd.grad(target_score(model(x), target), x, create_graph=create_graph)
     return x * grad
@@ -58,10 +67,22 @@ def integrated_gradients_map(
     create_graph: bool,
     n_steps: int = 8,
     baseline: Tensor | None = None,
+    modality: Modality | None = None,
     **_: object,
 ) -> Tensor:
-    """Midpoint Riemann sum with ``n_steps`` points from ``baseline`` (default zeros), in one
-    batched forward."""
+    """Midpoint Riemann sum with ``n_steps`` points from ``baseline`` (default zeros; token ids: at
+    the embedding output from the reference sequence), in one batched forward."""
+    if not x.is_floating_point():
+        return token_map(
+            model,
+            x,
+            target,
+            kind="integrated_gradients",
+            create_graph=create_graph,
+            n_steps=n_steps,
+            baseline=baseline,
+            modality=modality,
+        )
     base = torch.zeros_like(x) if baseline is None else baseline.detach().to(x).expand_as(x)
     alphas = (torch.arange(n_steps, device=x.device, dtype=x.dtype) + 0.5) / n_steps
     shape = (n_steps,) + (1,) * x.dim()
@@ -93,7 +114,11 @@ def input_gradient_map(
     the input's positions as in evaluation and broadcast over channels),
     ``"integrated_gradients"`` (midpoint Riemann sum with ``n_steps`` points from ``baseline``,
     default zeros, computed in one batched forward). ``modality``: how Grad-CAM maps are resized
-    (default: guessed from the inputs' rank).
+    (default: guessed from the inputs' rank). Token ids (integer inputs): the maps are taken at the
+    model's embedding output (``get_input_embeddings()``) and summed over the hidden dimension ->
+    ``[N, T]``, 0 at padding (the text ``modality``'s ``pad_id`` / ``reference_id``, else the
+    model's ``pad_token_id``); ``baseline``: reference ids; kinds: :func:`training_map_kinds` with
+    ``tokens=True``.
 
     With ``create_graph=True`` the map stays in the autograd graph, so a loss on it trains the
     model's parameters; with ``False`` the map is detached. Runs in the model's current train/eval
@@ -106,6 +131,10 @@ def input_gradient_map(
         raise ValueError(f"unknown map kind {kind!r}; valid kinds are: {', '.join(training_map_kinds())}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    if not inputs.is_floating_point() and not explains_tokens(method):
+        raise ValueError(
+            f"{kind} cannot explain token ids; kinds that work for text: {', '.join(training_map_kinds(tokens=True))}"
+        )
     with torch.inference_mode(False), torch.enable_grad():
         x = inputs.detach()
         if x.is_inference():

@@ -48,6 +48,13 @@ class ExplanationAgreement(Callback):
     are computed once per probe set (unless ``target="student"``); with ``explanation_cache_dir``
     also once per teacher, for every student distilled from it.
 
+    Text (token ids, the data module's :class:`~kdlight.core.modality.Text`): maps are 0 at padding
+    and every map metric (agreement, chance level, per-class table, localisation on token masks
+    ``[n, T]``) sees each probe's real tokens only, top-k out of them (all of them for a probe with
+    fewer than ``k``; see :mod:`.tokens`); the figure is each sentence with its tokens shaded by
+    both maps, also as HTML (``.../heatmaps_html``); infidelity is NaN (token ids take no noise)
+    and ``stability`` is refused.
+
     Args:
         methods: attribution methods: registered names (:func:`kdlight.explain.method_names`) or
             class paths of :class:`kdlight.explain.Method` subclasses.
@@ -129,7 +136,8 @@ class ExplanationAgreement(Callback):
     def check_settings(self, trainer: Trainer, pl_module: LightningModule, input_shape: tuple[int, ...] | None) -> None:
         """Refuse settings that cannot work with these models (and, when ``input_shape`` -- one
         sample's shape -- is known, these inputs), with one line naming the option to change."""
-        check_settings(trainer, pl_module, input_shape, self.methods, self.method_args, self.k)
+        stability = self.stability is not None
+        check_settings(trainer, pl_module, input_shape, self.methods, self.method_args, self.k, stability)
         if input_shape is not None:
             self._checked_shape = tuple(input_shape)
 
@@ -208,7 +216,8 @@ class ExplanationAgreement(Callback):
         if self._checked_shape != shape:  # inputs not known at setup: check before explaining
             self.check_settings(trainer, pl_module, shape)
         teacher, student, device = pl_module.teacher, pl_module.student, pl_module.device
-        batch = Batch(batch.inputs.to(device), batch.target.to(device), batch.index)
+        mask = None if batch.attention_mask is None else batch.attention_mask.to(device)
+        batch = Batch(batch.inputs.to(device), batch.target.to(device), batch.index, attention_mask=mask)
         probes = self._measure.probes(trainer, teacher, student, batch, self.target, self.methods, split)
         results: dict[str, float] = {}
         for method in self.methods:
@@ -253,7 +262,7 @@ class ExplanationAgreement(Callback):
             scalars.update(faithfulness_scalars(trainer, teacher_side, student_side, ok))
         if probes.masks is not None:
             with profile("kdlight.explain.metrics.localisation"):
-                scalars.update(measure.localisation({"teacher": t_maps, "student": s_maps}, probes.masks))
+                scalars.update(measure.localisation({"teacher": t_maps, "student": s_maps}, probes.masks, probes.valid))
         if self.stability is not None:
             with profile("kdlight.explain.metrics.stability"):
                 scalars.update(measure.stability(method, {"teacher": teacher, "student": student}, probes))

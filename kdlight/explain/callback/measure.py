@@ -1,5 +1,9 @@
 """What the callback measures on the probes: maps, agreement, chance level, faithfulness,
-localisation, stability, surrogate."""
+localisation, stability, surrogate.
+
+Text probes are scored on their real tokens only (:mod:`.tokens`): their maps are 0 at padding,
+and every map metric sees each probe's unpadded positions (top-k out of them).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from kdlight.core.modality import Modality
 from kdlight.explain.attribution import AttributionConfig, attribute, baseline_kind, get_method
 from kdlight.explain.callback.probes import Probes, gather_in_probe_order, global_mean, global_sum, probe_key
 from kdlight.explain.callback.settings import attribution_config
+from kdlight.explain.callback.tokens import real_tokens, top_k_of_real_tokens, update_on_real_tokens
 from kdlight.explain.faithfulness import deletion_insertion_auc, infidelity_score
 from kdlight.explain.metrics import AgreementCollection, AgreementMean, MetricSpec, PerClassAgreement, metric_spec
 from kdlight.explain.surrogate import fit_surrogate
@@ -73,7 +78,8 @@ class Measure:
     ) -> Probes:
         """The probes of ``batch`` (on the models' device) with both models' logits, the class
         explained (``target``: whose prediction, or the label), the data module's modality, the
-        training inputs where a method's baselines need them and the ground truth of ``split``."""
+        training inputs where a method's baselines need them, the ground truth of ``split`` and,
+        for text, the real tokens (checked against the batch's ``attention_mask``)."""
         x, y = batch.inputs, batch.target
         data = data_capabilities(trainer.datamodule)
         modality = data.modality if data.modality is not None else Modality.for_inputs(x, data.feature_names)
@@ -84,15 +90,17 @@ class Measure:
         explained = {"teacher": t_logits.argmax(-1), "student": s_logits.argmax(-1), "label": y}[target]
         key = probe_key(x, explained)
         masks = _ground_truth(trainer, split, batch.index, x.device)
-        return Probes(x, y, t_logits, s_logits, explained, train_inputs, key, modality, batch.index, masks)
+        valid = real_tokens(modality, x, batch.attention_mask)
+        return Probes(x, y, t_logits, s_logits, explained, train_inputs, key, modality, batch.index, masks, valid)
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
         return torch.cat([model(xb) for xb in x.split(self.batch_size)])
 
     def maps(self, method: str, role: str, model: nn.Module, probes: Probes) -> Tensor:
-        """``model``'s maps of the probes, ``batch_size`` probes per call."""
-        return self.explainer(method, role, model, probes)(probes.inputs, probes.target)
+        """``model``'s maps of the probes, ``batch_size`` probes per call (0 at padding)."""
+        maps = self.explainer(method, role, model, probes)(probes.inputs, probes.target)
+        return maps if probes.valid is None else maps.masked_fill(~probes.valid, 0.0)
 
     def explainer(self, method: str, role: str, model: nn.Module, probes: Probes) -> Callable[[Tensor, Tensor], Tensor]:
         """``explain(inputs, target) -> maps`` of ``model`` with ``method``'s settings for ``role``
@@ -112,16 +120,20 @@ class Measure:
 
     def faithfulness(self, method: str, model: nn.Module, probes: Probes, maps: Tensor) -> dict[str, Tensor]:
         """Per-probe deletion/insertion AUC and infidelity of ``model``'s own maps (NaN where the
-        map is not finite)."""
+        map is not finite; infidelity NaN for token ids, which take no noise)."""
         x = probes.inputs
         finite = torch.isfinite(maps.flatten(1)).all(1)
         scores = {name: torch.full((len(x),), float("nan"), device=x.device) for name in FAITHFULNESS_SCORES}
         if finite.any():
             xs, ms, ts = x[finite], maps[finite], probes.target[finite]
             deletion, insertion = deletion_insertion_auc(model, xs, ms, ts, modality=probes.modality)
-            multiply = not get_method(method).local  # local maps (gradients): additive perturbations
-            infidelity = infidelity_score(model, xs, ms, ts, seed=self.seed, multiply_by_inputs=multiply)
-            for name, values in zip(FAITHFULNESS_SCORES, (deletion, insertion, infidelity)):
+            computed = {"deletion_auc": deletion, "insertion_auc": insertion}
+            if x.is_floating_point():  # noise cannot be added to token ids: NaN, logged as such
+                multiply = not get_method(method).local  # local maps (gradients): additive perturbations
+                computed["infidelity"] = infidelity_score(
+                    model, xs, ms, ts, seed=self.seed, multiply_by_inputs=multiply
+                )
+            for name, values in computed.items():
                 scores[name][finite] = values.float()
         return scores
 
@@ -143,17 +155,16 @@ class Measure:
     ) -> tuple[dict[str, float], PerClassAgreement]:
         """The agreement metrics over the probes ``ok`` (synced over ranks), and the per-class
         metric by label, to be tabled."""
-        key = (method, self.k, probes.teacher_logits.shape[-1])
+        key = (method, self.k, probes.teacher_logits.shape[-1], probes.valid is not None)
         if key not in self._metrics:  # built once, reset for each run
             self._metrics[key] = (
-                AgreementCollection(k=self.k, names=self.specs),
-                PerClassAgreement(PER_CLASS_METRIC, key[-1]),
+                AgreementCollection(k=self.k, names=self._specs(self.specs, probes)),
+                PerClassAgreement(PER_CLASS_METRIC, key[2]),
             )
         metrics, per_class = (m.to(t_maps.device) for m in self._metrics[key])
         metrics.reset(), per_class.reset()
-        if ok.any():
-            metrics.update(s_maps[ok], t_maps[ok])
-            per_class.update(s_maps[ok], t_maps[ok], probes.labels[ok])
+        update_on_real_tokens(metrics, (s_maps, t_maps), probes.valid, ok)
+        update_on_real_tokens(per_class, (s_maps, t_maps), probes.valid, ok, per_probe=(probes.labels,))
         return {name: float(value) for name, value in metrics.compute().items()}, per_class
 
     def chance_level(
@@ -174,21 +185,22 @@ class Measure:
         if key not in self._chance:
             r_maps = self.maps(method, "student", reinitialized(student, self.seed), probes)
             ok = ok & torch.isfinite(r_maps.flatten(1)).all(1)
-            metrics = AgreementCollection(k=self.k, names=chance_specs).to(t_maps.device)
-            if ok.any():
-                metrics.update(r_maps[ok], t_maps[ok])
+            metrics = AgreementCollection(k=self.k, names=self._specs(chance_specs, probes)).to(t_maps.device)
+            update_on_real_tokens(metrics, (r_maps, t_maps), probes.valid, ok)
             self._chance[key] = {name: float(value) for name, value in metrics.compute().items()}
         return self._chance[key]
 
-    def localisation(self, maps: dict[str, Tensor], masks: Tensor) -> dict[str, float]:
+    def localisation(self, maps: dict[str, Tensor], masks: Tensor, valid: Tensor | None = None) -> dict[str, float]:
         """``{role}_localisation_mass`` and ``{role}_localisation_topk`` (top ``k``) of each role's
         ``maps`` against the ground-truth ``masks`` (synced over ranks; probes without ground
-        truth or with a non-finite map are skipped)."""
+        truth or with a non-finite map are skipped; text: on the ``valid`` real tokens only)."""
         scores = {}
+        topk = metric_spec("localisation_topk")
+        topk = topk if valid is None else top_k_of_real_tokens(topk)
         for role, role_maps in maps.items():
-            for metric in (AgreementMean("localisation_mass"), AgreementMean("localisation_topk", k=self.k)):
+            for metric in (AgreementMean("localisation_mass"), AgreementMean(topk, k=self.k)):
                 metric = metric.to(role_maps.device)
-                metric.update(role_maps, masks)
+                update_on_real_tokens(metric, (role_maps, masks), valid)
                 scores[f"{role}_{metric.name}"] = float(metric.compute())
         return scores
 
@@ -204,6 +216,11 @@ class Measure:
                 metric.update(explain, probes.inputs, probes.target)
                 scores[f"{role}_{name}"] = float(metric.compute())
         return scores
+
+    @staticmethod
+    def _specs(specs: list[MetricSpec], probes: Probes) -> list[MetricSpec]:
+        """The metrics as scored on ``probes``: top-k out of each text probe's real tokens."""
+        return specs if probes.valid is None else [top_k_of_real_tokens(spec) for spec in specs]
 
     def _stability_spec(self, name: str, options: dict[str, Any]) -> MetricSpec:
         """The registered stability metric ``name``; ``self_agreement`` by a top-k metric takes the

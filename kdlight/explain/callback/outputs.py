@@ -1,4 +1,5 @@
-"""What a run hands to the loggers: its scalars, and per method a per-class table and a heatmap figure."""
+"""What a run hands to the loggers: its scalars, and per method a per-class table and a heatmap figure
+(for text also as an HTML page)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from torch import Tensor
 
 from kdlight.core.modality import Modality
 from kdlight.explain.callback.probes import Probes
-from kdlight.explain.plots import explanation_image
-from kdlight.reporting.artifacts import log_image, log_table
+from kdlight.explain.plots import explanation_html, explanation_image
+from kdlight.reporting.artifacts import log_html, log_image, log_table
 
 
 def log_scalars(trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float], epoch: int) -> None:
@@ -84,7 +85,8 @@ class MethodArtifacts:
 
     def log(self, trainer: Trainer) -> None:
         """The table under ``{split}/explain/{method}/per_class`` and, when probes are kept, their
-        figure under ``.../heatmaps``, drawn by the modality (a tabular one names the features)."""
+        figure under ``.../heatmaps``, drawn by the modality (a tabular one names the features; text
+        shades its tokens, and its HTML page goes under ``.../heatmaps_html``)."""
         key = f"{self.split}/explain/{self.method}"
         log_table(trainer, f"{key}/per_class", pd.DataFrame(self.per_class), self.epoch)
         if not len(self.inputs):
@@ -93,12 +95,10 @@ class MethodArtifacts:
             f"y={int(y)} t={int(t.argmax())} s={int(s.argmax())}"
             for y, t, s in zip(self.labels, self.teacher_logits, self.student_logits)
         ]
-        image = explanation_image(
-            self.inputs.cpu(),
-            self.teacher_maps.cpu(),
-            self.student_maps.cpu(),
-            labels=labels,
-            title=f"{self.method} ({self.split}, epoch {self.epoch})",
-            modality=self.modality,
-        )
+        drawn = (self.inputs.cpu(), self.teacher_maps.cpu(), self.student_maps.cpu())
+        title = f"{self.method} ({self.split}, epoch {self.epoch})"
+        image = explanation_image(*drawn, labels=labels, title=title, modality=self.modality)
         log_image(trainer, f"{key}/heatmaps", image, self.epoch)
+        if hasattr(self.modality, "explanation_html"):  # text: the shaded tokens, values on hover
+            page = explanation_html(*drawn, labels=labels, title=title, modality=self.modality)
+            log_html(trainer, f"{key}/heatmaps_html", page, self.epoch)

@@ -28,6 +28,8 @@ class Probes:
     modality: Modality  #: how the inputs are grouped, perturbed and drawn (the data module's)
     indices: Tensor  #: each probe's row in its split's dataset
     masks: Tensor | None  #: ground-truth relevant features of each probe (``None``: unknown)
+    #: ``[n, T]`` True at real tokens (text inputs; ``None`` for inputs without padding): what maps are scored on
+    valid: Tensor | None = None
 
 
 class ProbeSet:
@@ -53,8 +55,9 @@ class ProbeSet:
         return self._indices
 
     def batch(self, trainer: Trainer, split: str) -> Batch:
-        """This rank's share of the probes of ``split``: inputs ``[n, ...]``, labels ``[n]`` and, as
-        ``index``, each probe's row in the split's dataset. Samples may be tuples or dicts."""
+        """This rank's share of the probes of ``split``: inputs ``[n, ...]``, labels ``[n]``, the
+        samples' ``attention_mask`` if they carry one and, as ``index``, each probe's row in the
+        split's dataset. Samples may be tuples or dicts."""
         dataset = split_dataset(trainer, split)
         indices = self.indices(len(dataset))[trainer.global_rank :: trainer.world_size]
         batch = as_batch(collate([dataset[int(i)] for i in indices]))

@@ -15,15 +15,17 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from kdlight.core.datamodule import data_capabilities
-from kdlight.core.modality import MAX_FEATURES_WITHOUT_PATCHES, Modality
+from kdlight.core.modality import MAX_FEATURES_WITHOUT_PATCHES, Modality, Text
 from kdlight.explain.attribution import (
     METHODS,
     AttributionConfig,
+    Method,
     conv_layer_names,
     get_method,
     grad_cam_layer_name,
     layer_output_shape,
 )
+from kdlight.explain.attribution.tokens import check_token_method, explains_tokens
 from kdlight.explain.metrics import MetricSpec, metric_names, metric_spec
 
 TARGETS = ("teacher", "label", "student")
@@ -158,24 +160,37 @@ def check_settings(
     methods: list[str],
     method_args: dict[str, dict[str, Any]],
     k: int,
+    stability: bool = False,
 ) -> None:
     """Refuse settings that cannot work with these models (and, when ``input_shape`` -- one
-    sample's shape -- is known, these inputs)."""
+    sample's shape -- is known, these inputs); ``stability``: whether stability is measured."""
     for method in methods:
         _check_baseline(method, attribution_config(method_args, method, "teacher", 0), trainer)
     modality = None if input_shape is None else input_modality(trainer, input_shape)
     for method in methods:
         if modality is not None and not get_method(method).supports(modality):
             supported = ", ".join(sorted(get_method(method).modalities or ()))
+            fitting = ", ".join(name for name, m in METHODS.items() if _explains(m, modality)) or "none"
             raise ValueError(
                 f"ExplanationAgreement {method} explains {supported} inputs, these are {modality.name} "
-                f"{modality.layout} inputs of shape {list(input_shape)}; remove {method} from methods"
+                f"{modality.layout} inputs of shape {list(input_shape)}; remove {method} from methods "
+                f"(methods for {modality.name} inputs: {fitting})"
             )
+        if isinstance(modality, Text):
+            try:  # e.g. a gradient method without a layer variant, or a noise tunnel on token ids
+                check_token_method(get_method(method), attribution_config(method_args, method, "teacher", 0))
+            except ValueError as err:
+                raise ValueError(f"ExplanationAgreement methods: {err}") from None
         if get_method(method).explains_layer:
             for role in ROLES:
                 _check_layer(method_args, method, role, getattr(pl_module, role), input_shape)
     if modality is None:
         return
+    if stability and isinstance(modality, Text):
+        raise ValueError(
+            "ExplanationAgreement stability adds noise to the inputs, which token ids cannot take; "
+            "set stability: null for text inputs"
+        )
     num_features = modality.num_features(input_shape)
     if k > num_features:
         raise ValueError(
@@ -190,6 +205,11 @@ def check_settings(
                 modality.feature_mask(torch.empty((1, *input_shape)), patch_size)
             except ValueError:
                 raise ValueError(_patch_problem(method, input_shape, patch_size, modality)) from None
+
+
+def _explains(method: type[Method], modality: Modality) -> bool:
+    """Whether ``method`` explains inputs of ``modality`` (token ids: only the methods that can)."""
+    return method.supports(modality) and (not isinstance(modality, Text) or explains_tokens(method))
 
 
 def known_input_shape(trainer: Trainer, pl_module: LightningModule) -> tuple[int, ...] | None:

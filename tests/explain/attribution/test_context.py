@@ -83,7 +83,6 @@ def test_integer_inputs_are_never_cast_to_float():
         ValueError, match="saliency differentiates the model .* needs floating inputs; these are torch.int64"
     ):
         attribute(model, ids, 0, AttributionConfig("saliency"), modality=Tabular())
-    with pytest.raises(ValueError, match="infidelity adds Gaussian noise .* needs floating inputs"):
-        infidelity_score(model, ids, maps, 0)
+    assert torch.isnan(infidelity_score(model, ids, maps, 0)).all()  # no Gaussian noise on token ids
     with pytest.raises(ValueError, match="no default modality; pass the data module's modality"):
         attribute(model, ids, 0, AttributionConfig("occlusion"))
