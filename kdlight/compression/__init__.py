@@ -23,6 +23,7 @@ from kdlight.compression.quantization import (
     save_int8,
 )
 from kdlight.compression.structured import StructuredPruning, prune_channels
+from kdlight.compression.twin import fake_quantized_twin, int8_layers
 from kdlight.core.pruned import PRUNED_KEY, apply_record, checkpoint_record
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "load_int8",
     "dequantize_",
     "compare_predictions",
+    "fake_quantized_twin",
+    "int8_layers",
     "INT8_MODES",
     "parameter_counts",
     "size_on_disk",

@@ -6,7 +6,8 @@ Schemes (torchao 0.18, eager CPU):
   output channel) and activations quantised to int8 on the fly per row (asymmetric: the inputs of
   most layers follow a ReLU, so a symmetric range would waste half of it). Input gradients do not
   flow through the quantised activations: gradient attributions (Captum saliency, IG) of such a
-  model fail ("differentiated Tensor ... not used in the graph"); perturbation methods work.
+  model fail ("differentiated Tensor ... not used in the graph"); perturbation methods work, and
+  gradient methods work on its fake-quantised twin (:mod:`kdlight.compression.twin`).
 - ``"weight_only"``: ``Int8WeightOnlyConfig``: the same int8 weights, float activations; gradients
   flow.
 
@@ -170,19 +171,23 @@ def load_int8(model: nn.Module, path: str | Path, mode: str = "dynamic") -> nn.M
 
 @torch.no_grad()
 def compare_predictions(reference: nn.Module, compressed: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-    """Accuracy of ``compressed`` and of ``reference`` and their top-1 agreement over ``batches``
-    (any form :func:`kdlight.core.batch.as_batch` reads; accuracy needs targets, else NaN).
+    """Accuracy of ``compressed`` and of ``reference``, their top-1 agreement and the largest
+    absolute difference of their logits (``max_logit_difference``) over ``batches`` (any form
+    :func:`kdlight.core.batch.as_batch` reads; accuracy needs targets, else NaN).
 
     Both models run in eval mode on CPU (int8 kernels are CPU kernels); their modes are restored.
     """
     modes = (reference.training, compressed.training)
     reference.eval(), compressed.eval()
     agree = correct = correct_ref = seen = labeled = 0
+    max_difference = 0.0
     try:
         for raw in batches:
             batch = as_batch(raw)
             x = batch.inputs.cpu()
-            ref_pred, pred = reference(x).argmax(-1), compressed(x).argmax(-1)
+            ref_logits, logits = reference(x), compressed(x)
+            max_difference = max(max_difference, float((ref_logits - logits).abs().max()))
+            ref_pred, pred = ref_logits.argmax(-1), logits.argmax(-1)
             agree += int((ref_pred == pred).sum())
             seen += len(x)
             if batch.target is not None:
@@ -199,6 +204,7 @@ def compare_predictions(reference: nn.Module, compressed: nn.Module, batches: It
         "accuracy": correct / labeled if labeled else nan,
         "reference_accuracy": correct_ref / labeled if labeled else nan,
         "agreement": agree / seen,
+        "max_logit_difference": max_difference,
     }
 
 
@@ -217,11 +223,13 @@ class QuantizationAwareTraining(Callback):
     weights under the float model's keys and loads weights-only into the unquantised student.
     ``validate``/``test``/``predict`` outside a fit quantise the student after the checkpoint is
     restored (``evaluate_as``): ``kdlight test -c <config with this callback> --ckpt_path best.ckpt``
-    evaluates the int8 student. The int8 student cannot be explained by gradients (``dynamic``) nor
-    re-initialised for chance levels (``Int8Tensor`` has no ``uniform_``); with the explanation
-    callback at test time use ``evaluate_as: fake_quant`` and ``convert_at_end: false``: the
+    evaluates the int8 student. The int8 student cannot be explained by gradients (``dynamic``);
+    explain it through :func:`kdlight.compression.twin.fake_quantized_twin` (its own int8 weights,
+    dequantised, with torchao fake quantisation of the activations), or, with the explanation
+    callback at test time, use ``evaluate_as: fake_quant`` and ``convert_at_end: false``: the
     fake-quantised student predicts what the int8 one does (to float rounding) and stays
-    differentiable.
+    differentiable. Chance levels (:func:`kdlight.training.reinit.reinitialized`) of an int8 student
+    are those of a freshly drawn float student of the same architecture.
 
     Args:
         start_epoch: first epoch trained with fake quantisation (0: the whole fit).

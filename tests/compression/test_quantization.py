@@ -65,6 +65,17 @@ def test_int8_model_is_smaller_on_disk_and_predicts_like_the_float_model():
     assert result["agreement"] == result["accuracy"] >= 0.95
 
 
+def test_compare_predictions_reports_the_largest_logit_difference():
+    model = MLP(in_features=8, num_classes=3, hidden=[4])
+    shifted = MLP(in_features=8, num_classes=3, hidden=[4])
+    shifted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        shifted.classifier.bias[1] += 0.25  # every logit of class 1 moves by exactly 0.25, nothing else
+    batches = [{"inputs": torch.randn(16, 8)}, {"inputs": torch.randn(5, 8)}]
+    assert compare_predictions(model, model, batches)["max_logit_difference"] == 0.0
+    assert compare_predictions(model, shifted, batches)["max_logit_difference"] == pytest.approx(0.25, abs=1e-6)
+
+
 def test_only_linear_layers_are_quantised_and_conv_layers_keep_float_weights():
     model = CNN2d(in_channels=1, num_classes=10, channels=[4, 8], hidden=16)
     quantized = quantize_int8(model, "weight_only")
