@@ -24,7 +24,9 @@ section is a module of ``scripts/bench/``):
    (against its own shorter baseline) and with a warm ``explanation_cache_dir`` (a later student
    of the teacher); plus where the callback's time goes, read through the trainer's profiler: its
    public ``run``, its ``on_fit_end`` hook (per-class tables and figures, once per fit) and the
-   ``kdlight.*`` actions kdlight reports to ``trainer.profiler``.
+   ``kdlight.*`` actions kdlight reports to ``trainer.profiler``. Then the same for a text fit
+   (``--text-config``, default ``configs/text_shortcut/kd.yaml``): shipped, ``log_images=False``
+   and a warm ``explanation_cache_dir``; its parts include the token PNG and HTML.
 3. Peak memory of integrated gradients (``kdlight.explain.attribute``) as ``n_steps`` grows, with
    ``internal_batch_size=64`` and with ``None`` (all steps in one forward): CUDA
    ``max_memory_allocated``; on CPU the peak RSS growth (VmHWM after reset, or ru_maxrss) in a
@@ -43,7 +45,7 @@ section is a module of ``scripts/bench/``):
    student, the same 90 % sparse, int8 dynamic and int8 weight-only (``bench/compression.py``;
    only when asked).
 
-Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 8
+Run ``python scripts/benchmark.py`` (sections 1,2,3,5 with ``--workload both``; about 10
 minutes on 2 CPU cores, longer when they are busy), ``--quick`` (about 1-1.5 minutes),
 ``--sections 1 --workload cifar`` for one section and workload, ``--out table.md`` to also write
 the table to a file. Results and their reading: BENCHMARKS.md.

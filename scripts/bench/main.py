@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
         help="torch intra-op threads (default: 1 on cpu, to keep shared cores from adding noise; torch's default on cuda)",
     )
     p.add_argument(
+        "--text-config",
+        default=None,
+        help="section 2: the text workload's config (default configs/text_shortcut/kd.yaml; 'none' skips it)",
+    )
+    p.add_argument(
         "--sections",
         default="1,2,3,5",
         help="comma-separated subset of 1,2,3,5,6,7 (4 rides with 1 on cuda; 6 and 7 only when asked)",
