@@ -142,6 +142,6 @@ def test_results_script_quick_mode_writes_the_table(tmp_path):
         torch.set_num_threads(threads)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     names = {row.split(" | ")[0].strip("| ") for row in rows[1:]}
-    assert {"dense KD", "sparse 50%", "sparse 90%", "channels -50%"} <= names
+    assert {"dense KD", "dense, fine-tuned", "sparse 50%", "sparse 90%", "channels -50%"} <= names
     dense_row = next(row for row in rows if row.startswith("| dense KD"))
     assert "1.000 | 1.000" in dense_row  # the dense student agrees with itself
