@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_f1_score
 
-from kdlight.core.modality import Modality
+from kdlight.core.modality import Modality, Text
 from kdlight.core.weights import load_weights
 from kdlight.explain import AttributionConfig, attribute
 from kdlight.functional.agreement import cosine_agreement, predictive_kl, rank_correlation, top1_agreement
@@ -53,6 +53,7 @@ def compare_models(
     methods = {"saliency": AttributionConfig(method="saliency"), "ig": AttributionConfig(method="integrated_gradients")}
     explain = functools.partial(attribute, target=target, train_inputs=train_inputs, modality=modality)
     t_maps = {k: explain(networks[teacher], inputs, config=c) for k, c in methods.items()}
+    valid = modality.valid(inputs) if isinstance(modality, Text) else None  # text: real tokens only
     rows = []
     for name, net in networks.items():
         logits = _logits(net, inputs)
@@ -65,11 +66,19 @@ def compare_models(
                 "macro_f1": multiclass_f1_score(logits, labels, logits.shape[-1], average="macro").item(),
                 "agreement": top1_agreement(logits, t_logits).mean().item(),
                 "kl": predictive_kl(logits, t_logits).mean().item(),
-                "saliency_rank_correlation": rank_correlation(maps["saliency"], t_maps["saliency"]).nanmean().item(),
-                "ig_cosine": cosine_agreement(maps["ig"], t_maps["ig"]).nanmean().item(),
+                "saliency_rank_correlation": _scores(rank_correlation, maps["saliency"], t_maps["saliency"], valid),
+                "ig_cosine": _scores(cosine_agreement, maps["ig"], t_maps["ig"], valid),
             }
         )
     return rows
+
+
+def _scores(metric, a: Tensor, b: Tensor, valid: Tensor | None) -> float:
+    """Mean of ``metric``'s per-sample scores, over each sample's real tokens when ``valid`` is given."""
+    if valid is None:
+        return metric(a, b).nanmean().item()
+    per_sample = [metric(a[i : i + 1, valid[i]], b[i : i + 1, valid[i]]) for i in range(len(a)) if valid[i].any()]
+    return torch.cat(per_sample).nanmean().item()
 
 
 def format_table(rows: list[dict], title: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -47,3 +48,35 @@ def test_network_of_finds_the_trained_network():
     net = small_net(0)
     assert network_of(ClassifierModule(net)) is net
     assert network_of(net) is net
+
+
+def test_text_maps_are_compared_over_real_tokens_only():
+    """Padding (zero maps in every model) must not lift rank correlation: padding a batch further
+    changes nothing, and a row equals the metric computed on the unpadded slices by hand."""
+    from kdlight.core.modality import Text
+    from kdlight.functional.agreement import rank_correlation
+    from kdlight.models import TransformerClassifier
+
+    torch.manual_seed(0)
+    nets = {
+        name: TransformerClassifier(30, 3, d_model=d, depth=1, heads=2, dropout=0.0).eval()
+        for name, d in (("teacher", 16), ("student", 8))
+    }
+    ids = torch.tensor([[3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12]])
+    labels = torch.tensor([0, 1])
+    text = Text(vocab_size=30)
+    rows = compare_models(nets, "teacher", ids, labels, modality=text)
+    padded = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    again = compare_models(nets, "teacher", padded, labels, modality=text)
+    assert rows[1]["saliency_rank_correlation"] == pytest.approx(again[1]["saliency_rank_correlation"], abs=1e-6)
+    from kdlight.explain import AttributionConfig, attribute
+
+    target = nets["teacher"](ids).argmax(-1)
+    maps = {k: attribute(n, ids, target, AttributionConfig("saliency"), modality=text) for k, n in nets.items()}
+    by_hand = [
+        rank_correlation(maps["student"][i : i + 1, :n], maps["teacher"][i : i + 1, :n]) for i, n in ((0, 4), (1, 6))
+    ]
+    assert rows[1]["saliency_rank_correlation"] == pytest.approx(torch.cat(by_hand).nanmean().item(), abs=1e-6)
+    # ranking the padding too (zero in every map) would give another number
+    all_positions = rank_correlation(maps["student"], maps["teacher"]).nanmean().item()
+    assert all_positions != pytest.approx(rows[1]["saliency_rank_correlation"], abs=1e-3)

@@ -107,11 +107,11 @@ def token_step(student_seed: int = 1) -> DistillStep:
 
 
 def closed_form_saliency(model: TokenBag, ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d logit_c / d e_i summed over the hidden units: (W_c * (1 - tanh(pooled)^2)).sum() / n_real."""
+    """The L2 norm over the hidden units of d logit_c / d e_i: ||W_c * (1 - tanh(pooled)^2)|| / n_real."""
     with torch.no_grad():
         valid = (ids != 0).float()
         pooled = (model.emb(ids) * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
-        per_sample = (model.head.weight[target] * (1 - torch.tanh(pooled) ** 2)).sum(1, keepdim=True)
+        per_sample = (model.head.weight[target] * (1 - torch.tanh(pooled) ** 2)).norm(dim=1, keepdim=True)
         return per_sample * valid / valid.sum(1, keepdim=True)
 
 

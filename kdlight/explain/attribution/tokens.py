@@ -5,9 +5,10 @@ A text model takes ids ``[N, T]``, builds its own attention mask (``ids != pad_t
 exposes ``get_input_embeddings()``: the ``nn.Embedding`` whose output token attributions explain.
 
 * Gradient methods name a Captum layer method in their ``layer_variant`` metadata and run at the
-  embedding output; each token's vector is summed over the hidden dimension -> ``[N, T]``.
-  ``saliency`` (``local``): the gradient (``LayerGradientXActivation`` without the activation
-  factor); ``input_x_gradient``: gradient x embedding; ``integrated_gradients``:
+  embedding output; each token's vector is summed over the hidden dimension -> ``[N, T]``, except
+  for ``saliency`` (``local``: the gradient, ``LayerGradientXActivation`` without the activation
+  factor), whose map is the gradient's L2 norm per token: the sum of a gradient arriving through a
+  LayerNorm is 0 up to rounding. ``input_x_gradient``: gradient x embedding; ``integrated_gradients``:
   ``LayerIntegratedGradients`` from the reference sequence; ``gradient_shap``: expected gradients
   between the embeddings of the baselines and of the input (computed here, because Captum's
   ``LayerGradientShap`` interpolates the inputs themselves, which are integer ids).
@@ -141,9 +142,12 @@ def _keep_padding(ids: Tensor, valid: Tensor, baselines: Tensor) -> Tensor:
     return torch.where(valid, baselines.expand_as(ids), ids)
 
 
-def _reduce(vectors: Tensor, valid: Tensor) -> Tensor:
-    """Per-token vectors ``[N, T, D]`` -> maps ``[N, T]``: summed over the hidden dimension, 0 at padding."""
-    return vectors.sum(-1).masked_fill(~valid, 0.0)
+def _reduce(vectors: Tensor, valid: Tensor, magnitude: bool = False) -> Tensor:
+    """Per-token vectors ``[N, T, D]`` -> maps ``[N, T]``, 0 at padding: summed over the hidden
+    dimension (contributions: gradient x embedding, IG), or, with ``magnitude``, its L2 norm (a bare
+    gradient: its sum is about 0 whenever a LayerNorm reads the embeddings, as in every transformer)."""
+    reduced = vectors.square().sum(-1).add(1e-24).sqrt() if magnitude else vectors.sum(-1)
+    return reduced.masked_fill(~valid, 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,7 +187,7 @@ def layer_attributions(
         if config.internal_batch_size is not None:
             kwargs["internal_batch_size"] = max(config.internal_batch_size, ids.shape[0])
     explainer = captum_class(model, layer, multiply_by_inputs=not method.local)
-    return _reduce(explainer.attribute(ids, target=target, **kwargs), valid)
+    return _reduce(explainer.attribute(ids, target=target, **kwargs), valid, magnitude=method.local)
 
 
 def _expected_gradients(
@@ -288,7 +292,7 @@ def token_map(
     modality: Modality | None = None,
 ) -> Tensor:
     """A differentiable token map ``[N, T]`` at the embedding output, summed over the hidden
-    dimension, 0 at padding.
+    dimension (the gradient: its L2 norm), 0 at padding.
 
     ``kind``: ``"gradient"`` (d logit_target / d embedding), ``"gradient_x_embedding"`` (embedding x
     gradient) or ``"integrated_gradients"`` (midpoint Riemann sum with ``n_steps`` points from the
@@ -320,7 +324,7 @@ def _token_map(
     if kind != "integrated_gradients":
         point = embedded if embedded.requires_grad else embedded.detach().requires_grad_(True)
         grad = gradient_at_embeddings(model, ids, point, target, create_graph=create_graph)
-        return _reduce(grad if kind == "gradient" else point * grad, valid)
+        return _reduce(grad, valid, magnitude=True) if kind == "gradient" else _reduce(point * grad, valid)
     base = torch.full_like(ids, reference_id) if baseline is None else baseline.to(ids)
     reference = layer(_keep_padding(ids, valid, base))
     diff = embedded - reference

@@ -64,7 +64,8 @@ def test_gradient_methods_match_the_closed_form_of_a_linear_model():
         torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
     saliency = attribute(model, ids, 2, AttributionConfig("saliency"), modality=text)
     real = (ids != PAD).float()
-    torch.testing.assert_close(saliency, model.classifier.weight[2].sum().detach() * real / real.sum(1, keepdim=True))
+    # saliency: the L2 norm of the gradient per token (its sum vanishes behind a LayerNorm)
+    torch.testing.assert_close(saliency, model.classifier.weight[2].norm().detach() * real / real.sum(1, keepdim=True))
     # GradientSHAP without noise: the gradient is constant along every path, so it is IG again
     shap = attribute(model, ids, 2, AttributionConfig("gradient_shap", stdevs=0.0, n_samples=3), modality=text)
     torch.testing.assert_close(shap, expected, rtol=1e-5, atol=1e-6)
@@ -227,3 +228,22 @@ def test_training_maps_of_attention_models_can_be_trained_through():
     emap = input_gradient_map(model, ids, 0, "integrated_gradients", create_graph=True, n_steps=2)
     emap.pow(2).sum().backward()
     assert model.emb.weight.grad.abs().sum() > 0
+
+
+def test_saliency_of_a_layernorm_transformer_is_not_rounding_noise():
+    """Behind a LayerNorm the gradient of the embeddings sums to 0 over the hidden units; the token
+    saliency is its norm, so it equals the per-token norm of the embedding gradient computed by hand."""
+    from kdlight.models import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier(VOCAB, 3, d_model=16, depth=1, heads=2, dropout=0.0, pad_token_id=PAD).eval()
+    ids = token_batch()
+    saliency = attribute(model, ids, 1, AttributionConfig("saliency"), modality=Text(VOCAB, PAD))
+    grads = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: grads.append(out) or out)
+    embedded_logits = model(ids)[:, 1].sum()
+    hook.remove()
+    (grad,) = torch.autograd.grad(embedded_logits, grads[0])
+    assert grad.sum(-1).abs().max() < 1e-5 * grad.norm(dim=-1).max()  # the sum is rounding noise
+    expected = grad.norm(dim=-1) * (ids != PAD)
+    torch.testing.assert_close(saliency, expected, rtol=1e-4, atol=1e-7)
