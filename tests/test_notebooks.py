@@ -45,6 +45,14 @@ PARAMETERS: dict[str, dict] = {
         "SEEDS_OF_BEST": 2,
         "TEACHER_CHECKPOINT": "{workdir}/runs/quickstart/teacher/best.ckpt",
     },
+    "shortcut.ipynb": {
+        "TEACHER_EPOCHS": 1,
+        "STUDENT_EPOCHS": 1,
+        "LIMIT_TRAIN_BATCHES": 4,
+        "EVAL_SAMPLES": 120,
+        "NUM_EXAMPLES": 2,
+        "OUT_DIR": "{workdir}/runs/shortcut",
+    },
 }
 #: notebooks whose outputs a notebook needs (run first, in the same working directory)
 NEEDS = {"explanation_agreement.ipynb": ["quickstart.ipynb"], "sweep.ipynb": ["quickstart.ipynb"]}
@@ -53,6 +61,7 @@ BAD_VALUES = {
     "quickstart.ipynb": {"TEACHER_EPOCHS": 0},
     "explanation_agreement.ipynb": {"SAMPLE_INDICES": [-1]},
     "sweep.ipynb": {"TRIALS": 0},
+    "shortcut.ipynb": {"STUDENT_EPOCHS": 0},
 }
 
 _strip = importlib.util.spec_from_file_location("strip_notebooks", REPO / "scripts" / "strip_notebooks.py")
@@ -153,6 +162,22 @@ def test_sweep_shows_trials_front_and_seeds(run_notebook, workdir):
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "Seeds of the Pareto-front trials" in markdown and "2 seed(s) each" in markdown
     assert len(list((study / "seeds").glob("trial*/seed1/latest"))) >= 1
+
+
+def test_shortcut_shows_both_benchmarks(run_notebook, workdir):
+    nb = run_notebook("shortcut.ipynb")
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    tables = [t for t in html if "follows cue" in t]  # one shortcut table per benchmark
+    assert len(tables) == 2 and all("mass on cue" in t and "mass on evidence" in t for t in tables)
+    for row in ("teacher (no shortcut)", "CE only", "KD", "KD + explanation matching", "untrained student"):
+        assert all(row in t for t in tables)
+    assert "KD + attribution distillation" in tables[1] and "uniform map" in tables[1]
+    texts = [t for t in html if 'class="kd-text"' in t]  # the token figures: one per text student
+    assert len(texts) == 4 and all("teacher vs " in t for t in texts)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # digits heatmaps, the text PNG
+    for folder, runs in (("shortcut", 4), ("text_shortcut", 5)):
+        assert len(list((workdir / "runs" / "shortcut" / folder).glob("*/best.ckpt"))) == runs
 
 
 @pytest.mark.parametrize("name", sorted(BAD_VALUES))

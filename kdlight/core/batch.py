@@ -68,9 +68,12 @@ def as_batch(raw: Any) -> Batch:
     raise ValueError(f"cannot read a batch from {_describe(raw)}; the accepted forms are {ACCEPTED_FORMS}")
 
 
-def collate(samples: list[Any]) -> dict[str, Any]:
+def collate(samples: list[Any] | Mapping[str, Any]) -> dict[str, Any]:
     """DataLoader ``collate_fn`` of kdlight's data modules: ``default_collate``, then the named dict
-    (samples may be ``(inputs, target[, index])`` tuples or dicts with the field names)."""
+    (samples may be ``(inputs, target[, index])`` tuples or dicts with the field names). A dict is
+    a batch a dataset's ``__getitems__`` already built: only named."""
+    if isinstance(samples, Mapping):
+        return as_batch(samples).to_dict()
     return as_batch(default_collate(samples)).to_dict()
 
 

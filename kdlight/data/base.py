@@ -96,10 +96,16 @@ def _describe_difference(teacher: dict[str, Any], own: dict[str, Any]) -> str:
 
 class IndexedDataset(Dataset):
     """Wrap a dataset so every sample also carries its index: ``(*sample, index)``, or the key
-    ``"index"`` added to a dict sample."""
+    ``"index"`` added to a dict sample.
+
+    Over a plain :class:`TensorDataset` of ``(inputs, target)`` it also serves whole batches
+    (:meth:`__getitems__`, which ``DataLoader`` calls with a batch's indices): one indexing of each
+    tensor instead of one sample at a time plus collation, with the same values, dtypes and order.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self._tensors = _batch_indexable(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -109,6 +115,23 @@ class IndexedDataset(Dataset):
         if isinstance(sample, dict):
             return {**sample, "index": index}
         return (*sample, index)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor] | list[Any]:
+        """A ready named batch ``{"inputs", "target", "index"}`` over tensors, else the samples
+        (``collate`` handles both)."""
+        if self._tensors is None:
+            return [self[i] for i in indices]
+        rows = torch.as_tensor(indices, dtype=torch.int64)
+        inputs, target = self._tensors
+        return {"inputs": inputs.index_select(0, rows), "target": target.index_select(0, rows), "index": rows}
+
+
+def _batch_indexable(dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+    """``(inputs, target)`` of a plain two-tensor :class:`TensorDataset` (not a subclass, which may
+    change ``__getitem__``); None for any other dataset."""
+    if type(dataset) is TensorDataset and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
+    return None
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):

@@ -20,6 +20,7 @@ from kdlight.core.datamodule import DataCapabilities, data_capabilities
 from kdlight.core.errors import check_finite_loss
 from kdlight.core.modality import Text
 from kdlight.core.rng import rng_state, set_rng_state
+from kdlight.models.outputs import logits_of, return_logits
 
 try:  # set by LightningCLI while it instantiates the model: the config with class paths
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -83,7 +84,12 @@ def accuracy_and_macro_f1(confusion: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class TrainingLog:
-    """Training scalars of the current epoch, accumulated on the device."""
+    """Training scalars of the current epoch, accumulated on the device.
+
+    A step only appends its stacked scalars and its predictions to ``pending``; they are folded
+    into the sums and the confusion matrix on logging steps and at the end of the epoch (the
+    sums equal step-by-step adds up to float32 rounding; the counts are exact).
+    """
 
     names: list[str] = field(default_factory=list)
     sums: Tensor | None = None  # per-name sums over the epoch
@@ -92,6 +98,15 @@ class TrainingLog:
     steps: int = 0
     samples: dict[str, int] = field(default_factory=dict)
     confusion: Tensor | None = None  # [true, predicted] counts of labeled samples
+    pending: list[Tensor] = field(default_factory=list)  # stacked scalars of steps not yet in the sums
+    pending_target: list[Tensor] = field(default_factory=list)  # labels and predictions not yet counted
+    pending_predicted: list[Tensor] = field(default_factory=list)
+    num_classes: int = 0
+
+
+#: attributes Lightning sets around every hook call (tens per step); plain values, never parameters,
+#: submodules or buffers, so ``nn.Module.__setattr__``'s checks (about 2 us each) can be skipped
+PLAIN_LIGHTNING_ATTRIBUTES = frozenset({"_current_fx_name"})
 
 
 class SupervisedBase(LightningModule):
@@ -123,6 +138,12 @@ class SupervisedBase(LightningModule):
         self._mask_checked = False
         self._reset_training_log()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PLAIN_LIGHTNING_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # -- cheap training logs -----------------------------------------------------------------
     def _reset_training_log(self) -> None:
         # a plain object: nn.Module attribute assignment costs microseconds per field and step
@@ -140,6 +161,7 @@ class SupervisedBase(LightningModule):
         """Accumulate this step's scalars; write them on logging steps (and check they are finite)."""
         with torch.no_grad():
             values = torch.stack(list(scalars.values())).float()
+            predicted = logits.argmax(-1) if logits is not None and target is not None and len(target) else None
         names = list(scalars)
         log = self._train_log
         if names != log.names:  # first step of the epoch, or the objective's terms changed
@@ -147,12 +169,12 @@ class SupervisedBase(LightningModule):
                 self._flush_epoch()
                 log = self._train_log
             log.names, log.sums, log.window = names, torch.zeros_like(values), torch.zeros_like(values)
-        log.sums += values
-        log.window += values
+        log.pending.append(values)
         log.steps += 1
-        if logits is not None and target is not None and len(target):
-            counts = confusion_counts(target, logits.detach().argmax(-1), logits.shape[-1])
-            log.confusion = counts.double() if log.confusion is None else log.confusion.add_(counts)
+        if predicted is not None:
+            log.pending_target.append(target)
+            log.pending_predicted.append(predicted)
+            log.num_classes = logits.shape[-1]
         for name, count in (samples or {}).items():
             log.samples[name] = log.samples.get(name, 0) + count
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
@@ -162,15 +184,31 @@ class SupervisedBase(LightningModule):
             for name, value in (extra or {}).items():
                 self.log(name, float(value), on_step=True, on_epoch=False)
 
+    def _fold_pending(self) -> None:
+        """Add the pending steps to the sums, the finite-check window and the confusion matrix."""
+        log = self._train_log
+        if log.pending:
+            with torch.no_grad():
+                window = torch.stack(log.pending).sum(0)
+                log.sums, log.window = log.sums + window, log.window + window
+            log.pending.clear()
+        if log.pending_target:
+            target, predicted = torch.cat(log.pending_target), torch.cat(log.pending_predicted)
+            counts = confusion_counts(target, predicted, log.num_classes).double()
+            log.confusion = counts if log.confusion is None else log.confusion.add_(counts)
+            log.pending_target.clear()
+            log.pending_predicted.clear()
+
     def _check_window(self, last_step: int) -> None:
         """Check the sums of steps ``window_start..last_step`` (one host sync) and start a new window."""
+        self._fold_pending()
         log = self._train_log
         if self.check_finite and log.window is not None:
             sums = dict(zip(log.names, log.window))
             terms = {n.removeprefix("train/loss_"): v for n, v in sums.items() if n.startswith("train/loss_")}
             terms = terms or {n.removeprefix("train/"): v for n, v in sums.items()}
             check_finite_loss(terms, self.current_epoch, last_step, since=log.window_start)
-            log.window.zero_()
+            log.window = torch.zeros_like(log.window)
             log.window_start = last_step + 1
 
     def _flush_epoch(self) -> None:
@@ -314,10 +352,16 @@ class SupervisedBase(LightningModule):
 @torch.no_grad()
 def dry_forward(model: nn.Module, x: Tensor) -> Tensor:
     """Run ``model`` on ``x`` in eval mode without gradients, restoring its mode (e.g. to read
-    output shapes at setup)."""
+    output shapes at setup). A model that returns a ``ModelOutput``, a dict or a tuple gets a
+    forward hook that returns its logits (:func:`~kdlight.models.outputs.return_logits`), so every
+    later caller sees a tensor; models that return tensors stay on the unhooked call path."""
     was_training = model.training
     model.eval()
     try:
-        return model(x)
+        out = model(x)
     finally:
         model.train(was_training)
+    if isinstance(out, Tensor):
+        return out
+    return_logits(model)
+    return logits_of(out)

@@ -10,7 +10,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from kdlight.core.batch import as_batch
-from kdlight.models.outputs import return_logits
 from kdlight.objectives.base import check_arg
 from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 
@@ -34,7 +33,7 @@ class ClassifierModule(SupervisedBase):
     ) -> None:
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, num_classes)
         self.save_init_args(objects=["model", "optimizer", "lr_scheduler"])
-        self.model = return_logits(model)
+        self.model = model
         self.label_smoothing = check_arg(
             "ClassifierModule",
             "label_smoothing",

@@ -21,7 +21,6 @@ from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
 from kdlight.core.weights import checkpoint_sources, load_weights
 from kdlight.data.base import teacher_data_overlap
 from kdlight.functional.agreement import predictive_kl, top1_agreement
-from kdlight.models.outputs import return_logits
 from kdlight.objectives import KD, Objective
 from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
 from kdlight.training.taps import FeatureTaps
@@ -89,8 +88,8 @@ class DistillationModule(SupervisedBase):
         if teacher_checkpoint is not None:
             load_weights(teacher, teacher_checkpoint, role="teacher")
         self.teacher_checkpoint = None if teacher_checkpoint is None else str(teacher_checkpoint)
-        self.teacher = freeze(return_logits(teacher))
-        self.student = return_logits(student)
+        self.teacher = freeze(teacher)
+        self.student = student
         self.objective = objective if objective is not None else KD()
         self.check_finite = check_finite  # checked on logging steps (every log_every_n_steps)
         self.teacher_cache, self.cache_augmented = teacher_cache, cache_augmented
@@ -415,9 +414,14 @@ class DistillationModule(SupervisedBase):
         samples = None
         if n_labeled < len(x):  # say which samples each term saw
             samples = {t.name: n_labeled if t.samples == "labeled" else len(x) for t in terms}
-        weights = {f"train/weight_{t.name}": t.weight for t in terms if t.scheduled}
-        labeled = slice(0, n_labeled)
-        self.record_training(scalars, step.student_logits[labeled], y[labeled] if n_labeled else None, samples, weights)
+        weights = {f"train/weight_{t.name}": t.weight for t in terms if t.scheduled} or None
+        if n_labeled == len(x):
+            self.record_training(scalars, step.student_logits, y, samples, weights)
+        else:
+            labeled = slice(0, n_labeled)
+            self.record_training(
+                scalars, step.student_logits[labeled], y[labeled] if n_labeled else None, samples, weights
+            )
         return loss
 
     def _evaluate(self, batch, split: str, batch_idx: int = 0) -> None:

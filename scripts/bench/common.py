@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -66,6 +67,18 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+#: the clock of the timed sections: wall time, or with ``KDLIGHT_BENCH_CLOCK=cpu`` this process's
+#: CPU time (one torch thread, no loader workers: the work done, nearly blind to other jobs' load)
+CLOCK = os.environ.get("KDLIGHT_BENCH_CLOCK", "wall")
+if CLOCK not in ("wall", "cpu"):
+    raise SystemExit(f"KDLIGHT_BENCH_CLOCK must be 'wall' or 'cpu', got {CLOCK!r}")
+
+
+def now() -> float:
+    """Seconds on the benchmark's clock (:data:`CLOCK`)."""
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
 
 
 def sync(device: str) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import torch
 
-from bench.common import sync
+from bench.common import now, sync
 
 DIGITS_TEACHER = dict(in_channels=1, num_classes=10, channels=[32, 64], hidden=128)
 CIFAR_CLASSES = 100
@@ -129,7 +128,7 @@ def epoch_timer(device: str):
 
         def _stamp(self) -> None:
             sync(device)
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(now())
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._stamp()

@@ -118,3 +118,11 @@ def test_lightning_reads_the_batch_size_of_a_named_dict_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert extract_batch_size(Batch(X, Y, INDEX).to_dict()) == 4
+
+
+def test_collate_passes_a_ready_batch_through_with_its_fields_named():
+    """A dataset's ``__getitems__`` may build the whole batch: collate only names it."""
+    ready = {"x": X[:4], "y": Y[:4], "index": INDEX[:4], "note": "kept"}
+    batch = collate(ready)
+    assert batch.keys() == {"inputs", "target", "index", "note"}
+    assert batch["inputs"] is ready["x"] and batch["target"] is ready["y"] and batch["note"] == "kept"

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, seed_everything
 from sklearn.metrics import confusion_matrix, f1_score
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
@@ -96,3 +96,56 @@ def test_deprecated_unpack_batch_still_returns_the_old_tuples():
     with pytest.warns(DeprecationWarning, match="as_batch"):
         x, y, index = unpack_indexed_batch({"labeled": {"inputs": X, "target": Y, "index": Y}, "transfer": (x_u,)})
     assert (x, y, index) == (X, Y, Y)
+
+
+# -- training logs: folded on logging steps and at the end of the epoch ------------------------------
+class StepLosses(Callback):
+    """The loss of every training step, as Lightning hands it to ``on_train_batch_end``."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_epoch_logs_equal_the_step_losses_and_the_training_predictions(digits):
+    """With a frozen model (lr 0) the epoch's accuracy and macro-F1 are those of the model on the
+    training split, and the epoch loss is the mean of the step losses, whatever the logging interval."""
+    model = MLP(in_features=64, num_classes=10, hidden=[16])
+    module = ClassifierModule(model, optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    steps = StepLosses()
+    trainer = tiny_trainer(max_epochs=1, log_every_n_steps=4, callbacks=[steps], limit_val_batches=0)
+    trainer.fit(module, datamodule=digits)
+    x, y = digits.split_tensors("train")
+    with torch.no_grad():
+        predicted = model(x).argmax(-1)
+    metrics = trainer.callback_metrics
+    assert len(steps.losses) == 19
+    assert float(metrics["train/loss_epoch"]) == pytest.approx(np.mean(steps.losses), rel=1e-6)
+    assert float(metrics["train/acc"]) == pytest.approx(float((predicted == y).double().mean()), abs=1e-7)
+    assert float(metrics["train/f1"]) == pytest.approx(
+        f1_score(y.numpy(), predicted.numpy(), average="macro"), abs=1e-6
+    )
+    assert float(metrics["train/loss"]) == pytest.approx(steps.losses[15], rel=1e-6)  # the last logging step
+
+
+def test_training_logs_hold_under_accumulation_clipping_and_bf16(digits):
+    """Accumulation (two batches per optimizer step), gradient clipping and bf16-mixed autocast:
+    every batch still counts once in the epoch logs, and the optimizer steps once per two batches."""
+    module = ClassifierModule(MLP(in_features=64, num_classes=10, hidden=[16]))
+    steps = StepLosses()
+    trainer = tiny_trainer(
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.01,
+        precision="bf16-mixed",
+        log_every_n_steps=2,
+        callbacks=[steps],
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=digits)
+    assert trainer.global_step == 10 and len(steps.losses) == 19  # ceil(19 / 2) optimizer steps
+    # Lightning hands on_train_batch_end the loss divided by the accumulation factor; the logs keep it whole
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(2 * np.mean(steps.losses), rel=1e-3)
+    assert 0.0 <= float(trainer.callback_metrics["train/acc"]) <= 1.0
