@@ -127,7 +127,7 @@ class TextDataModule(ArrayDataModule):
     def _load_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         self._texts = self._split_texts()
         tokenizer = make_tokenizer(self.tokenizer, self.vocab_size, special_tokens=self.special_tokens)
-        self._tokenizer = tokenizer.fit(self.served_texts("train"))
+        self._tokenizer = tokenizer.fit(self._tokenizer_corpus())
         splits = {
             split: (self.encode(self.served_texts(split)), torch.as_tensor(labels, dtype=torch.long))
             for split, (_, labels) in self._texts.items()
@@ -136,6 +136,11 @@ class TextDataModule(ArrayDataModule):
         for ids, _ in splits.values():
             modality.check_ids(ids)
         return splits
+
+    def _tokenizer_corpus(self) -> list[str]:
+        """The texts the tokenizer is fitted on: the training split (a subclass with a fixed
+        vocabulary returns it, so the ids do not depend on seeds or options)."""
+        return self.served_texts("train")
 
     def served_texts(self, split: str) -> list[str]:
         """The texts the model reads for ``split`` (what is tokenized; subclasses may add cues)."""
@@ -191,3 +196,27 @@ class TextDataModule(ArrayDataModule):
                 "vocab_sha256": vocab_fingerprint(self.fitted_tokenizer.vocab),
             }
         return record
+
+
+def vocabulary_mismatch(teacher_records: list[dict[str, Any]], own: dict[str, Any] | None) -> str | None:
+    """One line when a teacher was trained on token ids of another vocabulary than this data's
+    (compared by the ``tokenizer`` entries of the data records; None when they agree or either
+    side recorded no tokenizer)."""
+    mine = (own or {}).get("tokenizer")
+    if not isinstance(mine, dict):
+        return None
+    for record in teacher_records:
+        theirs = record.get("tokenizer")
+        if isinstance(theirs, dict) and theirs.get("vocab_sha256") != mine.get("vocab_sha256"):
+            where = f"teacher_checkpoint {record['checkpoint']}" if record.get("checkpoint") else "the teacher"
+            return (
+                f"{where} was trained on the token ids of another vocabulary ({_describe(theirs)}) than this data's "
+                f"({_describe(mine)}), so the same ids would mean other tokens; use the teacher's data settings "
+                "(tokenizer, vocab_size and the data it was fitted on)"
+            )
+    return None
+
+
+def _describe(tokenizer: dict[str, Any]) -> str:
+    digest = str(tokenizer.get("vocab_sha256", ""))[:12]
+    return f"{tokenizer.get('kind')} tokenizer, {tokenizer.get('vocab_size')} tokens, vocabulary sha256 {digest}..."

@@ -210,6 +210,13 @@ class ShortcutText(TextDataModule):
         positions = np.array([rng.integers(n + 1) for n in lengths], dtype=np.int64)
         return np.where(cues >= 0, positions, -1)
 
+    def _tokenizer_corpus(self) -> list[str]:
+        """The grammar's words, every class's rationale and cue words included: the vocabulary (and
+        so every id) is the same for any seed, ``clean``, ``cue_strength`` and ``num_classes``, so a
+        teacher trained on clean sentences reads the students' cued ones with the same ids."""
+        words = (*SUBJECTS, *VERBS, *FILLERS, *(w for ws in RATIONALE_WORDS for w in ws), *CUE_WORDS)
+        return [" ".join(words)]
+
     def served_texts(self, split: str) -> list[str]:
         """The sentences with their cue word (what the model reads); :meth:`_source_texts` are without."""
         return [" ".join(words) for words in self._words[split]]

@@ -20,6 +20,7 @@ from kdlight.core.pruned import apply_record, checkpoint_record
 from kdlight.core.step import UNLABELED, DistillStep, LossTerm, total_loss
 from kdlight.core.weights import checkpoint_sources, load_weights
 from kdlight.data.base import teacher_data_overlap
+from kdlight.data.text import vocabulary_mismatch
 from kdlight.functional.agreement import predictive_kl, top1_agreement
 from kdlight.objectives import KD, Objective
 from kdlight.training.base import SupervisedBase, classification_metrics, dry_forward
@@ -151,6 +152,9 @@ class DistillationModule(SupervisedBase):
                 "to the trained teacher's checkpoint (e.g. runs/digits/teacher/best.ckpt), or set teacher_as_given=true "
                 "to distil from the teacher as constructed (random, or with weights you loaded in code)"
             )
+        vocabulary = vocabulary_mismatch(self.teacher_training_data(), self.training_data_record())
+        if vocabulary is not None:
+            raise ValueError(vocabulary)
         overlap = teacher_data_overlap(self.teacher_training_data(), self.trainer.datamodule)
         if overlap is None:
             return

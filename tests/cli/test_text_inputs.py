@@ -41,3 +41,25 @@ def test_mismatches_are_one_line_errors(tmp_path, capsys, override, expected):
 
 def test_a_matching_config_runs(tmp_path):
     fit(tmp_path, "--trainer.callbacks=[]")
+
+
+def test_a_teacher_trained_on_another_vocabulary_is_refused(tmp_path, capsys):
+    """The teacher's checkpoint records its tokenizer; a student run whose ids mean other tokens stops."""
+    teacher = REPO / "configs" / "text_shortcut" / "teacher.yaml"
+    run = tmp_path / "teacher"
+    common = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    main(["fit", "-c", str(teacher), f"--run_dir={run}", "--data.init_args.tokenizer=char", *common])
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIG),
+                f"--run_dir={tmp_path}/student",
+                "--trainer.fast_dev_run=true",
+                "--trainer.callbacks=[]",
+                f"--model.init_args.teacher_checkpoint={run}/best.ckpt",
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was trained on the token ids of another vocabulary (char tokenizer" in err

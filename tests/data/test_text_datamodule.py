@@ -118,3 +118,16 @@ def test_validation_reuses_the_test_split_when_val_fraction_is_zero():
 def test_bad_arguments_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Sentences(**kwargs)
+
+
+def test_a_teacher_of_another_vocabulary_is_named_in_one_line():
+    from kdlight.data.text import vocabulary_mismatch
+
+    own = {"tokenizer": {"kind": "word", "vocab_size": 64, "vocab_sha256": "a" * 64}}
+    same = [{"tokenizer": dict(own["tokenizer"]), "checkpoint": "t.ckpt"}]
+    other = [{"tokenizer": {"kind": "bpe", "vocab_size": 64, "vocab_sha256": "b" * 64}, "checkpoint": "t.ckpt"}]
+    assert vocabulary_mismatch(same, own) is None
+    assert vocabulary_mismatch([{}], own) is None and vocabulary_mismatch(other, None) is None
+    message = vocabulary_mismatch(other, own)
+    assert message.startswith("teacher_checkpoint t.ckpt was trained on the token ids of another vocabulary (bpe")
+    assert "\n" not in message

@@ -127,3 +127,16 @@ def test_bad_arguments_are_one_line_errors():
         ShortcutText(val_cue="sometimes")
     with pytest.raises(ValueError, match=r"num_classes must be in \[2, 6\]"):
         ShortcutText(num_classes=7)
+
+
+def test_ids_do_not_depend_on_seed_cleanliness_or_classes():
+    """A teacher trained on clean sentences must read the students' cued ones with the same ids."""
+    vocabularies = []
+    for kwargs in ({"seed": 0}, {"seed": 1, "clean": True}, {"seed": 2, "cue_strength": 0.0, "num_classes": 2}):
+        data = ShortcutText(**kwargs)
+        data.setup()
+        vocabularies.append(data.fitted_tokenizer.vocab)
+        assert (
+            data.data_record()["tokenizer"]["vocab_sha256"] == ShortcutText().data_record()["tokenizer"]["vocab_sha256"]
+        )
+    assert vocabularies[0] == vocabularies[1] == vocabularies[2]
