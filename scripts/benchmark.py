@@ -4,8 +4,10 @@ Sections (every figure is a ratio against a baseline timed or measured in this s
 section is a module of ``scripts/bench/``):
 
 1. ``fit`` throughput (training samples/s over N epochs after one warm-up epoch) of
-   ``kdlight.DistillationModule`` against a hand-written PyTorch loop doing the same work: same
-   frozen teacher (eval, no grad), student, loader object kind and batch size,
+   ``kdlight.DistillationModule`` against a hand-written PyTorch loop over the training tensors in
+   memory (one ``randperm`` per epoch, batches by indexing; the same loop over the data module's
+   DataLoader is a row of its own) doing the same work: same frozen teacher (eval, no grad),
+   student and batch size,
    ``0.1 * CE + 0.9 * kd_loss(T=4)``, Adam(lr=3e-3). Two workloads (``--workload``):
    ``digits`` (sklearn 8x8 digits from ``DigitsDataModule``, 1167 training images, CNN2d
    [32, 64] hidden 128 teacher, MLP student, batch 64) and ``cifar`` (CIFAR-shaped synthetic
