@@ -187,7 +187,7 @@ def run_task(task: str, args, seed: int, runs_dir: Path) -> tuple[list[dict], di
     folder = REPO / "configs" / task
     teacher_label = TASKS[task]["teacher"]
     networks: dict[str, nn.Module] = {}
-    teacher_ckpt, teacher_data, student_data = None, None, None
+    teacher_ckpt, student_data = None, None
     for name, label in [r for r in RUNS if r[0] in args.configs and (folder / f"{r[0]}.yaml").is_file()]:
         is_teacher = name == "teacher"
         net, dm, best = common.fit(
@@ -201,16 +201,14 @@ def run_task(task: str, args, seed: int, runs_dir: Path) -> tuple[list[dict], di
         )
         networks[teacher_label if is_teacher else label] = net
         if is_teacher:
-            teacher_ckpt, teacher_data = best, dm
+            teacher_ckpt = best
         elif student_data is None:
             student_data = dm
             networks[CHANCE] = reinitialized(net, seed=1000 + seed)
     if student_data is None:
         raise SystemExit("text_results.py: no student config selected (see --configs)")
     networks[CHANCE] = networks.pop(CHANCE)  # the chance row last
-    t_vocab, s_vocab = teacher_data.fitted_tokenizer.vocab, student_data.fitted_tokenizer.vocab
-    facts = {"vocab_differences": sum(a != b for a, b in zip(t_vocab, s_vocab, strict=True))}
-    facts["sizes"] = student_data.split_sizes()
+    facts = {"sizes": student_data.split_sizes()}
     rows = evaluate(task, networks, teacher_label, student_data, args.eval_limit, seed)
     return rows, facts
 
@@ -233,14 +231,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     runs_dir = args.runs_dir or REPO / "runs" / "results" / "text"
     start = time.perf_counter()
     per_task: dict[str, dict[int, list[dict]]] = {task: {} for task in args.tasks}
-    facts: dict[str, dict] = {task: {"vocab_differences_per_seed": []} for task in args.tasks}
+    facts: dict[str, dict] = {task: {} for task in args.tasks}
     times: dict[str, float] = {}
     for seed in range(args.seeds):
         for task in args.tasks:
             begin = time.perf_counter()
             per_task[task][seed], seed_facts = run_task(task, args, seed, runs_dir)
             facts[task]["sizes"] = seed_facts["sizes"]
-            facts[task]["vocab_differences_per_seed"].append(seed_facts["vocab_differences"])
             times[task] = times.get(task, 0.0) + time.perf_counter() - begin
     elapsed = time.perf_counter() - start
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -283,16 +280,13 @@ def render(args, argv, per_task, facts, times, elapsed) -> str:
         if task == "text_shortcut":
             uniform = [rows[0].get("uniform_rationale_mass", float("nan")) for rows in per_seed.values()]
             cue = [rows[0].get("uniform_cue_mass", float("nan")) for rows in per_seed.values()]
-            diffs = facts[task]["vocab_differences_per_seed"]
             lines += [
                 "",
                 "A map spread uniformly over the real tokens would put "
                 f"{100 * statistics.fmean(uniform):.1f} % on the rationale and {100 * statistics.fmean(cue):.1f} % on "
                 "the cue. *random cue*: the test sentences as served (cue word of a random class); *no cue* / *cue = "
                 "label*: the same sentences with the cue word removed / replaced by the true class's. *follows cue*: "
-                "share of the sentences whose cue names a wrong class predicted as that class. Teacher and student "
-                f"vocabularies differ at {', '.join(map(str, diffs))} id(s) per seed (cue words swapped among "
-                "themselves; the teacher's data draws the cue at random).",
+                "share of the sentences whose cue names a wrong class predicted as that class.",
             ]
     lines += [
         "",
