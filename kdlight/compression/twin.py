@@ -96,3 +96,9 @@ def fake_quantized_twin(model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(twin.get_submodule(parent), child, new)
     return twin
+
+
+def differentiable(model: nn.Module) -> nn.Module:
+    """``model`` itself, or its :func:`fake_quantized_twin` when it holds torchao int8 layers: what
+    gradient attributions of the model are computed on (no gradient flows through int8 kernels)."""
+    return fake_quantized_twin(model) if int8_layers(model) else model

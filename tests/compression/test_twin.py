@@ -129,3 +129,6 @@ def test_the_explanation_callback_gives_an_int8_student_the_chance_level_of_its_
     assert as_int8["chance_rank_correlation"] == pytest.approx(as_float["chance_rank_correlation"], abs=1e-6)
     as_twin = chance_and_agreement(fake_quantized_twin(quantize_int8(student, "dynamic")), digits)
     assert -1 <= as_twin["rank_correlation"] <= 1 and -1 <= as_twin["chance_rank_correlation"] <= 1
+    # a dynamic int8 student given as is (no gradient through its kernels) is explained by its twin
+    as_dynamic = chance_and_agreement(quantize_int8(student, "dynamic"), digits)
+    assert as_dynamic["rank_correlation"] == pytest.approx(as_twin["rank_correlation"], abs=1e-6)

@@ -14,6 +14,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from kdlight.compression.twin import differentiable
 from kdlight.core.batch import Batch, as_batch, collate
 from kdlight.core.datamodule import data_capabilities
 from kdlight.explain.callback.measure import Measure, faithfulness_scalars
@@ -44,7 +45,8 @@ class ExplanationAgreement(Callback):
     shortcut digits' cue), ``{role}_sensitivity_max`` / ``{role}_self_agreement`` of both models
     (``stability``), a per-class table and a figure input | teacher | student of ``num_images``
     probes (rank zero; drawn once at the end of ``fit``, and in every ``validate``/``test``); and
-    a decision-tree surrogate of the student (``surrogate``). The teacher's maps and faithfulness
+    a decision-tree surrogate of the student (``surrogate``; not for text). An int8 student (torchao)
+    is explained by its fake-quantised twin. The teacher's maps and faithfulness
     are computed once per probe set (unless ``target="student"``); with ``explanation_cache_dir``
     also once per teacher, for every student distilled from it.
 
@@ -230,7 +232,7 @@ class ExplanationAgreement(Callback):
                 artifacts.log(trainer)
         agree = (probes.teacher_logits.argmax(-1) == probes.student_logits.argmax(-1)).float()
         results[f"{split}/explain/prediction_agreement"] = global_mean(trainer, agree)
-        if self.surrogate:
+        if self.surrogate and probes.modality.name != "text":  # a tree on token ids by position means little
             with trainer.profiler.profile("kdlight.explain.surrogate"):
                 surrogate = self._measure.surrogate(trainer, probes)
             results.update({f"{split}/explain/surrogate/{name}": value for name, value in surrogate.items()})
@@ -248,8 +250,8 @@ class ExplanationAgreement(Callback):
         )
         with profile("kdlight.explain.teacher_side"):
             teacher_side = self._teacher.get(method, teacher, probes)
-        with profile("kdlight.explain.attribution"):
-            t_maps, s_maps = teacher_side["maps"], measure.maps(method, "student", student, probes)
+        with profile("kdlight.explain.attribution"):  # an int8 student is explained by its fake-quantised twin
+            t_maps, s_maps = teacher_side["maps"], measure.maps(method, "student", differentiable(student), probes)
         ok = measure.finite(method, t_maps, s_maps)
         scalars, per_class = measure.agreement(method, probes, t_maps, s_maps, ok)
         with profile("kdlight.explain.chance_level"):
