@@ -29,6 +29,14 @@ PAD, UNK = "<pad>", "<unk>"
 WORD_PATTERN = re.compile(r"<\w+>|\w+|[^\w\s]")
 
 
+def _lower(text: str) -> str:
+    """``text.lower()``, but a letter whose lowercase form is longer (e.g. ``"İ"``) stays as it is."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+
+
 def _length(sequences: list[list[Any]], max_length: int | None) -> int:
     """The padded length: ``max_length``, or the longest sequence's when it is None."""
     return max_length if max_length is not None else max((len(seq) for seq in sequences), default=0)
@@ -119,12 +127,11 @@ class Tokenizer:
         return [self.vocab[int(i)] for i in values if int(i) != self.pad_id]
 
     def _normalise(self, text: str) -> str:
+        """``text`` lowercased when ``lowercase``, its special tokens kept as written (so a special
+        token with capitals, e.g. ``"<URL>"``, still matches); the length (and so the offsets) is kept."""
         if not self.lowercase:
             return text
-        lowered = text.lower()  # keeps the length (and so the offsets) for all but a few letters
-        if len(lowered) == len(text):
-            return lowered
-        return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+        return "".join(part if special else _lower(part) for part, _, _, special in self._special_spans(text))
 
     # -- state ----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -207,10 +214,13 @@ class WordTokenizer(Tokenizer):
         super().__init__(vocab_size, lowercase, special_tokens)
 
     def _pieces(self, text: str) -> list[tuple[str, int, int]]:
-        return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
-
-    def _tokens(self, text: str) -> list[str]:
-        return WORD_PATTERN.findall(text)
+        pieces = []
+        for part, start, _, special in self._special_spans(text):
+            if special:  # whole, whatever its characters (e.g. "[sep]", which WORD_PATTERN would split)
+                pieces.append((part, start, start + len(part)))
+            else:
+                pieces.extend((m.group(), start + m.start(), start + m.end()) for m in WORD_PATTERN.finditer(part))
+        return pieces
 
 
 class BPETokenizer(Tokenizer):

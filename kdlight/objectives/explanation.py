@@ -1,8 +1,9 @@
 """Explanation-guided distillation: the student should explain like the teacher (e2KD, AD-KD).
 
-On token ids the maps are taken at each model's embedding output and summed over the hidden
-dimension (:mod:`kdlight.explain.attribution.tokens`); padding is 0 in every map and, with
-``DistillStep.attention_mask``, masked out of the comparison.
+On token ids the maps are taken at each model's embedding output and reduced over the hidden
+dimension (:mod:`kdlight.explain.attribution.tokens`): summed for input x gradient and integrated
+gradients, the L2 norm for saliency (a bare gradient sums to about 0 behind a LayerNorm); padding
+is 0 in every map and, with ``DistillStep.attention_mask``, masked out of the comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class ExplanationMatching(Objective):
     per model (``student_layer`` / ``teacher_layer``; default the model's ``gradcam_layer``, else
     its last conv). Costs one extra forward and double-backward of the student and a
     forward/backward of the teacher per step. On token ids (kinds saliency, input_x_gradient,
-    integrated_gradients) the maps are ``[N, T]`` at the embedding output and the cosine is taken over
+    integrated_gradients) the maps are ``[N, T]`` at the embedding output (saliency: each token's
+    gradient L2 norm; the others: summed over the hidden dimension) and the cosine is taken over
     the real positions only (``step.attention_mask``).
     """
 

@@ -102,3 +102,18 @@ def test_encode_before_fit_and_too_small_vocab_are_clear_errors():
         make_tokenizer("word", 10).encode(["a"])
     with pytest.raises(ValueError, match="vocab_size must be"):
         make_tokenizer("word", 2)
+
+
+@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+@pytest.mark.parametrize("special", ["[sep]", "<URL>"])
+def test_special_tokens_of_any_spelling_map_to_their_reserved_id(kind, special):
+    # "[sep]" is not a <name> marker (the word pattern would split it); "<URL>" has capitals, which
+    # lowercasing (word and BPE default) would turn into another string
+    tokenizer = make_tokenizer(kind, 60, special_tokens=(special,)).fit([f"a b {special} c", "hello world"])
+    ids, offsets = tokenizer.encode_with_offsets([f"hello {special} world"])
+    assert tokenizer.vocab[2] == special
+    assert (ids[0] == 2).sum() == 1 and 1 not in ids[0].tolist()  # the reserved id, once; no <unk>
+    start, end = offsets[0, ids[0].tolist().index(2)].tolist()
+    assert f"hello {special} world"[start:end] == special
+    if kind != "char":  # the rest of the text is still lowercased
+        assert "".join(tokenizer.decode(tokenizer.encode(["HELLO"])[0])) == "hello"

@@ -17,7 +17,8 @@ exposes ``get_input_embeddings()``: the ``nn.Embedding`` whose output token attr
   reference, and every map is exactly 0 there.
 * Perturbation methods run one sequence at a time on its real tokens only: Captum sees the
   ``[1, M]`` real ids and a forward function that puts them back between the padding, so padding is
-  never a feature; feature groups are ``patch_size`` consecutive real tokens, removed by replacing
+  never a feature; feature groups are ``patch_size`` consecutive real tokens (a sequence of fewer
+  real tokens is one group), removed by replacing
   them with the reference token (Captum keeps integer inputs integer: its ablation
   ``x * (1 - mask) + baseline * mask`` runs in the inputs' dtype).
 * Refused in one line, naming the methods that work: methods with neither a layer variant nor
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -249,11 +251,16 @@ def per_sequence(
         positions = valid[i].nonzero().squeeze(1)
         if positions.numel() == 0:
             continue
+        # a sequence shorter than patch_size is one group (Captum's Occlusion refuses a window
+        # longer than its input)
+        fits = (
+            config if (config.patch_size or 1) <= positions.numel() else replace(config, patch_size=positions.numel())
+        )
         real = attribute_groups(
             _on_real_tokens(model, ids[i], positions),
             ids[i, positions].unsqueeze(0),
             target[i : i + 1],
-            config,
+            fits,
             baselines=reference[i, positions].unsqueeze(0),
             modality=modality,
         )

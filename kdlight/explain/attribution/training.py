@@ -3,8 +3,8 @@
 Written with ``torch.autograd.grad(create_graph=...)``; each method with a training map names its
 function in its ``training_map`` metadata (saliency, input x gradient and integrated gradients
 here; Grad-CAM in :mod:`kdlight.explain.attribution.gradcam`). On token ids (integer inputs) the
-maps are taken at the embedding output and summed over the hidden dimension
-(:func:`kdlight.explain.attribution.tokens.token_map`), 0 at padding.
+maps are taken at the embedding output and summed over the hidden dimension (saliency: the
+gradient's L2 norm; :func:`kdlight.explain.attribution.tokens.token_map`), 0 at padding.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def input_gradient_map(
     ``"integrated_gradients"`` (midpoint Riemann sum with ``n_steps`` points from ``baseline``,
     default zeros, computed in one batched forward). ``modality``: how Grad-CAM maps are resized
     (default: guessed from the inputs' rank). Token ids (integer inputs): the maps are taken at the
-    model's embedding output (``get_input_embeddings()``) and summed over the hidden dimension ->
-    ``[N, T]``, 0 at padding (the text ``modality``'s ``pad_id`` / ``reference_id``, else the
+    model's embedding output (``get_input_embeddings()``) and summed over the hidden dimension
+    (saliency: the gradient's L2 norm) -> ``[N, T]``, 0 at padding (the text ``modality``'s ``pad_id`` / ``reference_id``, else the
     model's ``pad_token_id``); ``baseline``: reference ids; kinds: :func:`training_map_kinds` with
     ``tokens=True``.
 

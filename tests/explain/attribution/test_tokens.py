@@ -247,3 +247,17 @@ def test_saliency_of_a_layernorm_transformer_is_not_rounding_noise():
     assert grad.sum(-1).abs().max() < 1e-5 * grad.norm(dim=-1).max()  # the sum is rounding noise
     expected = grad.norm(dim=-1) * (ids != PAD)
     torch.testing.assert_close(saliency, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "kernel_shap", "shapley_value_sampling"])
+def test_sequence_shorter_than_patch_size_is_one_group(method):
+    # rows 2 and 3 of token_batch have 2 and 1 real tokens, fewer than patch_size=4: the whole
+    # sentence is one group, whose exact value is f(x) - f(every real token replaced by UNK)
+    model, ids = fasttext(), token_batch()[2:]
+    maps = attribute(
+        model, ids, 0, AttributionConfig(method, patch_size=4, n_samples=8), modality=Text(VOCAB, PAD, UNK)
+    )
+    with torch.no_grad():
+        gap = model(ids)[:, 0] - model(torch.where(ids != PAD, torch.full_like(ids, UNK), ids))[:, 0]
+    expected = gap[:, None] * (ids != PAD)
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
