@@ -21,7 +21,8 @@ class DistillStep:
     mixed batch (labeled samples first). ``student`` / ``teacher`` are the models themselves, for objectives that
     need to differentiate through them (explanation matching). ``attention_mask`` is ``[N, T]``
     True at real tokens for token inputs (``None`` for other inputs): losses over positions skip
-    padding.
+    padding. ``labels`` is ``[N, T]`` next-token targets of a causal LM batch, already shifted
+    (``-100`` = the position does not count), ``None`` for other batches.
     """
 
     inputs: Tensor
@@ -35,6 +36,7 @@ class DistillStep:
     student: nn.Module | None = None
     teacher: nn.Module | None = None
     attention_mask: Tensor | None = None
+    labels: Tensor | None = None
 
 
 @dataclass

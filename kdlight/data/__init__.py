@@ -10,7 +10,9 @@ text modules (:class:`TextDataModule`) add ``attention_mask`` and a ``vocab_size
 
 from kdlight.data.base import ArrayDataModule, stratified_split
 from kdlight.data.breast_cancer import BreastCancerDataModule
+from kdlight.data.byte_tokenizer import ByteTokenizer
 from kdlight.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataset, random_crop_flip
+from kdlight.data.code_corpus import PythonSourceCorpus
 from kdlight.data.digits import DigitsDataModule
 from kdlight.data.mnist1d import MNIST1DDataModule, generate_mnist1d
 from kdlight.data.shortcut import ShortcutDigitsDataModule
@@ -23,12 +25,14 @@ __all__ = [
     "ArrayDataModule",
     "BPETokenizer",
     "BreastCancerDataModule",
+    "ByteTokenizer",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CIFARDataset",
     "CharTokenizer",
     "DigitsDataModule",
     "MNIST1DDataModule",
+    "PythonSourceCorpus",
     "ShortcutDigitsDataModule",
     "ShortcutText",
     "TextDataModule",

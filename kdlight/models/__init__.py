@@ -8,14 +8,17 @@ when no layer is configured (the last spatial stage's output; ``None`` for the M
 Text models (``FastText``, ``TransformerClassifier``, ``HFClassifier``) take token ids ``[N, T]``,
 build their attention mask from ``pad_token_id`` and expose ``get_input_embeddings()``,
 ``vocab_size``, ``pad_token_id`` and ``max_length``; :func:`check_text_models` checks them against
-the data's ``Text`` modality. Transformers share the tap names ``hidden_states.<i>`` and
-``attentions.<i>`` (read by :mod:`kdlight.objectives.text`).
+the data's ``Text`` modality. Causal language models (``CausalTransformer``, ``HFCausalLM``) take
+the same token ids and return next-token logits ``[N, T, V]`` (no ``num_classes``);
+:func:`check_lm_models` checks teacher and student against the data. Transformers share the tap
+names ``hidden_states.<i>`` and ``attentions.<i>`` (read by :mod:`kdlight.objectives.text`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from kdlight.models.causal_lm import CausalTransformer, HFCausalLM, check_lm_models
 from kdlight.models.cnn import CNN1d, CNN2d
 from kdlight.models.ensemble import TeacherEnsemble
 from kdlight.models.fasttext import FastText
@@ -41,6 +44,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "fasttext": FastText,
     "transformer": TransformerClassifier,
     "hf": HFClassifier,
+    "causal_transformer": CausalTransformer,
+    "hf_causal_lm": HFCausalLM,
     "cifar_resnet": CifarResNet,
     "resnet8x4": ResNet8x4,
     "resnet32x4": ResNet32x4,
@@ -72,5 +77,8 @@ __all__ = [
     "logits_of",
     "return_logits",
     "check_text_models",
+    "CausalTransformer",
+    "HFCausalLM",
+    "check_lm_models",
     "MODELS",
 ]

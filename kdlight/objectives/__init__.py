@@ -4,6 +4,7 @@ from kdlight.objectives.base import Objective
 from kdlight.objectives.composite import Composite
 from kdlight.objectives.explanation import AttributionDistillation, ExplanationMatching
 from kdlight.objectives.features import PKT, RKD, AttentionTransfer, Hint
+from kdlight.objectives.lm import GeneralizedJSD, NextTokenCE, SkewKL, TokenKL, TokenTVD
 from kdlight.objectives.logits import DKD, KD, CrossEntropy
 from kdlight.objectives.multi_teacher import MultiTeacherKD
 from kdlight.objectives.preservation import ExplanationPreservation
@@ -25,4 +26,9 @@ __all__ = [
     "MultiTeacherKD",
     "HiddenStateMatching",
     "AttentionMatching",
+    "TokenKL",
+    "GeneralizedJSD",
+    "SkewKL",
+    "TokenTVD",
+    "NextTokenCE",
 ]

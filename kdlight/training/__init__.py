@@ -1,4 +1,4 @@
-"""The Lightning layer: the modules that train (ClassifierModule, DistillationModule), the
+"""The Lightning layer: the modules that train (ClassifierModule, DistillationModule, LMDistillationModule), the
 teacher-output cache, feature taps and in-step batch transforms."""
 
 from __future__ import annotations
@@ -6,10 +6,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ClassifierModule", "DistillationModule"]
+__all__ = ["ClassifierModule", "DistillationModule", "LMDistillationModule"]
 
 # Imported on first use: kdlight.objectives imports training.taps, and distillation imports objectives.
-_LAZY = {"ClassifierModule": "kdlight.training.classifier", "DistillationModule": "kdlight.training.distillation"}
+_LAZY = {
+    "ClassifierModule": "kdlight.training.classifier",
+    "DistillationModule": "kdlight.training.distillation",
+    "LMDistillationModule": "kdlight.training.lm",
+}
 
 
 def __getattr__(name: str) -> Any:

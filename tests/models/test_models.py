@@ -45,7 +45,11 @@ def build(cls: type[nn.Module], num_classes: int = NUM_CLASSES) -> tuple[nn.Modu
 
 #: models of float inputs; the text models (token ids, a required vocab_size) have their own contract
 FLOAT_MODELS = sorted(name for name, cls in MODELS.items() if not hasattr(cls, "get_input_embeddings"))
-TEXT_MODELS = sorted(set(MODELS) - set(FLOAT_MODELS))
+#: text classifiers: token models with ``num_classes``; token models without it are causal LMs
+#: (logits [N, T, V]), whose contract is tests/models/test_causal_lm.py's
+TEXT_MODELS = sorted(
+    name for name in set(MODELS) - set(FLOAT_MODELS) if "num_classes" in inspect.signature(MODELS[name]).parameters
+)
 names = pytest.mark.parametrize("name", FLOAT_MODELS)
 
 
