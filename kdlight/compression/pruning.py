@@ -2,8 +2,9 @@
 
 :class:`StudentPruning` is Lightning's :class:`~lightning.pytorch.callbacks.ModelPruning` (PyTorch's
 ``torch.nn.utils.prune`` masks) restricted to the student: the teacher is never touched. The
-sparsity ramps from 0 at ``start_epoch`` to ``amount`` at ``end_epoch`` (cubic: Zhu & Gupta 2017,
-or linear) and the masks are made permanent in checkpoints and at the end of fit.
+sparsity is 0 before ``start_epoch``, takes its first step there and reaches ``amount`` at ``end_epoch`` (cubic: Zhu & Gupta 2017,
+or linear). Checkpoints always hold the folded dense weights (zeros where pruned); the in-memory
+masks are made permanent at the end of the fit unless ``make_pruning_permanent=False``.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def compressed_network(pl_module: LightningModule) -> nn.Module:
     )
 
 
-def capture_dense_references(pl_module: LightningModule, network: nn.Module) -> None:
-    """Before compressing: give explanation-preservation terms their frozen dense reference."""
+def capture_dense_references(pl_module: LightningModule, network: nn.Module, refresh: bool = True) -> None:
+    """While ``network`` is still uncompressed (each epoch start until, and right before, it is
+    compressed): give explanation-preservation terms a frozen copy of it as their dense reference,
+    replacing an older copy (``refresh``), so the reference is the student compression starts from."""
     objective = getattr(pl_module, "objective", None)
     if isinstance(objective, nn.Module):
-        capture_references(objective, network)
+        capture_references(objective, network, refresh=refresh)
 
 
 def check_fraction(owner: str, name: str, value: float) -> float:
@@ -94,6 +97,16 @@ def _effective_tensors(network: nn.Module) -> Iterator[Tensor]:
     for module in network.modules():
         for name, param in module.named_parameters(recurse=False):
             yield getattr(module, name.removesuffix("_orig")) if name.endswith("_orig") else param
+
+
+def fold_masks(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with every ``X_orig`` / ``X_mask`` pair replaced by the dense ``X = X_orig * X_mask``
+    (pruned entries stored as zeros), in place; returns it."""
+    for key in [k for k in state if k.endswith("_mask") and k.removesuffix("_mask") + "_orig" in state]:
+        base = key.removesuffix("_mask")
+        orig, mask = state.pop(base + "_orig"), state.pop(key)
+        state[base] = (mask.to(orig.dtype) * orig).to(orig.device)
+    return state
 
 
 def _detach_masked(name: str):
@@ -150,6 +163,7 @@ class StudentPruning(ModelPruning, CompressionStage):
         self.schedule, self.start_epoch, self.end_epoch = schedule, start_epoch, end_epoch
         self.global_pruning = global_pruning
         self._detach_hooks: dict[int, object] = {}
+        self._load_hooked: set[int] = set()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Prune only the student (or a ClassifierModule's model), never the teacher."""
@@ -161,11 +175,32 @@ class StudentPruning(ModelPruning, CompressionStage):
                 "kernels to prune"
             )
         self._network = network
+        if id(network) not in self._load_hooked:
+            network.register_load_state_dict_pre_hook(self._match_masks)
+            self._load_hooked.add(id(network))
         if self.end_epoch is None:
             self.end_epoch = max(self.start_epoch, math.ceil((trainer.max_epochs or 2) / 2) - 1)
 
     def reached_target(self, epoch: int) -> bool:
-        return epoch >= (self.end_epoch if self.end_epoch is not None else self.start_epoch)
+        if self.schedule == "one_shot" or self.end_epoch is None:
+            return epoch >= self.start_epoch
+        return epoch >= self.end_epoch
+
+    def _match_masks(self, network: nn.Module, state: dict[str, Tensor], prefix: str, *_: object) -> None:
+        """Load-state-dict pre-hook of the pruned network: checkpoints store folded dense weights
+        (:meth:`on_save_checkpoint`); loading one into a network that still carries its masks (a
+        test after a fit with ``make_pruning_permanent=False``) masks the stored zeros again, and
+        masked weights (an older checkpoint) load into a plain network as their dense product."""
+        for path, module in network.named_modules():
+            key = f"{prefix}{path}." if path else prefix
+            for name in self._parameter_names:
+                base = key + name
+                if hasattr(module, f"{name}_mask") and base in state and base + "_orig" not in state:
+                    dense = state.pop(base)
+                    state[base + "_orig"], state[base + "_mask"] = dense, (dense != 0).to(dense.dtype)
+                elif isinstance(getattr(module, name, None), nn.Parameter) and base + "_mask" in state:
+                    orig, mask = state.pop(base + "_orig"), state.pop(base + "_mask")
+                    state[base] = mask.to(orig.dtype) * orig
 
     def sparsity(self) -> float:
         """Zero fraction of the pruned weights now."""
@@ -203,12 +238,19 @@ class StudentPruning(ModelPruning, CompressionStage):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
-        capture_dense_references(pl_module, self._network)
+        dense = not any(hasattr(m, f"{n}_mask") for m, n in self._parameters_to_prune)
+        capture_dense_references(pl_module, self._network, refresh=dense)
         self.prune_to(scheduled_sparsity(epoch, self.target, self.start_epoch, self.end_epoch, self.schedule))
         nonzero, total = sparsity_counts(self._network)
         pl_module.log("compress/sparsity", self.sparsity(), on_epoch=True, on_step=False)
         pl_module.log("compress/nonzero_params", float(nonzero), on_epoch=True, on_step=False)
         pl_module.log("compress/total_params", float(total), on_epoch=True, on_step=False)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        """Every checkpoint stores the folded dense weights (``weight``, pruned entries zero), whatever
+        ``make_pruning_permanent`` says, so it loads into the config's dense architecture (resume,
+        ``kdlight test``, the next teacher); a resumed fit masks those zeros again at its first epoch."""
+        fold_masks(checkpoint["state_dict"])
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Pruning happens at the start of each epoch (so every validation sees the epoch's sparsity)."""

@@ -213,7 +213,9 @@ class QuantizationAwareTraining(Callback):
 
     At the start of epoch ``start_epoch`` the student's Linear layers become torchao
     ``FakeQuantizedLinear`` modules simulating ``mode`` (see the module docstring). They keep the
-    same ``nn.Parameter`` objects, so the optimizer trains on; the teacher is never touched; hooks
+    same ``nn.Parameter`` objects, so the optimizer trains on; the teacher is never touched; an
+    :class:`~kdlight.objectives.ExplanationPreservation` ``dense_student`` reference is the float
+    student frozen just before this swap; hooks
     (feature taps) move to the new modules; validation during the fit sees the fake-quantised
     student. After the whole fit (the ``teardown`` hook, so every ``on_fit_end``, e.g. the
     explanation callback's, still sees the differentiable fake-quantised student) the student is
@@ -290,7 +292,15 @@ class QuantizationAwareTraining(Callback):
         return model
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.prepared or self.converted or trainer.current_epoch < self.start_epoch:
+        if self.prepared or self.converted:
+            return
+        objective, model = getattr(pl_module, "objective", None), self.target(pl_module)
+        pruned = any(name.endswith("_mask") for name, _ in model.named_buffers())
+        if isinstance(objective, nn.Module) and not pruned:  # preservation keeps the float student's maps
+            from kdlight.objectives.preservation import capture_references
+
+            capture_references(objective, model, refresh=True)
+        if trainer.current_epoch < self.start_epoch:
             return
         model = self.prepare(pl_module)
         optimized = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}

@@ -164,6 +164,8 @@ class StructuredPruning(Callback, CompressionStage):
         self.record = prune_channels(network, example, self.ratio, self.layers, self.global_pruning)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch < self.at_epoch and self.record is None:
+            capture_dense_references(pl_module, compressed_network(pl_module))  # the student it will prune
         if trainer.current_epoch == self.at_epoch and self.record is None:
             self.prune(pl_module)
             trainer.strategy.setup_optimizers(trainer)

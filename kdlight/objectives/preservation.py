@@ -26,7 +26,8 @@ class ExplanationPreservation(Objective):
 
     - ``teacher``: the frozen teacher;
     - ``dense_student``: a frozen copy of the student taken when compression starts (the
-      compression callbacks hand it over before they prune; without one, at the first step);
+      compression callbacks hand it over at every epoch start until they compress, the last time
+      right before; without one, at the first step);
     - a checkpoint path: the student's architecture loaded with those weights (e.g. the dense KD
       student's ``best.ckpt``), also the way to keep the reference across a resumed fit.
 
@@ -64,10 +65,15 @@ class ExplanationPreservation(Objective):
         """The frozen reference copy (None for ``teacher`` or before it was captured)."""
         return self.__dict__["_reference_model"]
 
-    def capture_reference(self, student: nn.Module) -> None:
+    def capture_reference(self, student: nn.Module, refresh: bool = False) -> None:
         """Freeze a copy of ``student`` as it is now (before compression) as the reference; with a
-        checkpoint path, load those weights into the copy. A no-op for ``teacher`` or when captured."""
-        if self.reference == "teacher" or self.reference_model is not None:
+        checkpoint path, load those weights into the copy. A no-op for ``teacher`` or when captured,
+        unless ``refresh`` (``dense_student`` only: the student trained on and is still dense)."""
+        if (
+            self.reference == "teacher"
+            or self.reference_model is not None
+            and not (refresh and self.reference == "dense_student")
+        ):
             return
         frozen = copy.deepcopy(student).requires_grad_(False).eval()
         if self.reference != "dense_student":
@@ -100,8 +106,9 @@ class ExplanationPreservation(Objective):
         return [self.term("preserve", (1.0 - cosine).mean(), self.weight, step)]
 
 
-def capture_references(objective: nn.Module, student: nn.Module) -> None:
-    """Hand a frozen copy of ``student`` to every :class:`ExplanationPreservation` in ``objective``."""
+def capture_references(objective: nn.Module, student: nn.Module, refresh: bool = False) -> None:
+    """Hand a frozen copy of ``student`` to every :class:`ExplanationPreservation` in ``objective``
+    (``refresh``: replace an earlier ``dense_student`` copy: the student is still uncompressed)."""
     for part in objective.modules():
         if isinstance(part, ExplanationPreservation):
-            part.capture_reference(student)
+            part.capture_reference(student, refresh=refresh)

@@ -106,3 +106,72 @@ def test_bad_settings_are_one_line(args, words):
         StudentPruning(**args)
     message = str(err.value)
     assert words in message and "\n" not in message
+
+
+def test_masks_kept_in_memory_still_give_checkpoints_that_resume_and_test(digits, teacher_checkpoint, tmp_path):
+    """make_pruning_permanent=False keeps the masks on the model, never in checkpoints: a resumed fit
+    ends at exactly the requested sparsity and a test right after the fit reloads the same weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(epochs, ckpt_path=None, saver=None):
+        module = DistillationModule(
+            digits_teacher(), digits_student(), KD(), teacher_checkpoint=str(teacher_checkpoint), optimizer=adam
+        )
+        pruning = StudentPruning(amount=0.8, schedule="linear", end_epoch=2, make_pruning_permanent=False)
+        trainer = tiny_trainer(
+            max_epochs=epochs,
+            callbacks=[pruning, *([saver] if saver else [])],
+            enable_checkpointing=saver is not None,
+            limit_train_batches=2,
+            limit_val_batches=2,
+        )
+        trainer.fit(module, datamodule=digits, ckpt_path=ckpt_path)
+        return module, trainer
+
+    saver = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    first, trainer = fit(2, saver=saver)
+    state = torch.load(saver.best_model_path, weights_only=True)["state_dict"]
+    assert "student.classifier.weight" in state and not any(k.endswith(("_orig", "_mask")) for k in state)
+    weights = [m.weight.clone() for m in first.student.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    trainer.test(first, datamodule=digits, ckpt_path=saver.best_model_path, verbose=False)
+    now = [m.weight for m in first.student.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert all(torch.equal(a, b) for a, b in zip(weights, now))
+
+    resumed, _ = fit(4, ckpt_path=saver.best_model_path)
+    kernels = [m.weight for m in resumed.student.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sum(int((w == 0).sum()) for w in kernels) == round(0.8 * sum(w.numel() for w in kernels))
+
+
+def test_one_shot_pruning_is_at_its_target_from_its_start_epoch():
+    pruning = StudentPruning(amount=0.5, schedule="one_shot", start_epoch=1, end_epoch=3)
+    assert scheduled_sparsity(1, 0.5, 1, 3, "one_shot") == 0.5
+    assert [pruning.reached_target(e) for e in range(4)] == [False, True, True, True]
+
+
+def test_dense_reference_is_the_student_pruning_starts_from(digits, teacher_checkpoint):
+    from lightning.pytorch import Callback
+
+    from kdlight.objectives import Composite
+    from kdlight.objectives.preservation import ExplanationPreservation
+
+    class DenseAtStart(Callback):  # listed before the pruning callback
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                self.state = {k: v.clone() for k, v in pl_module.student.state_dict().items()}
+
+    preserve = ExplanationPreservation(reference="dense_student", weight=0.1)
+    module = DistillationModule(
+        digits_teacher(),
+        digits_student(),
+        Composite([KD(), preserve]),
+        teacher_checkpoint=str(teacher_checkpoint),
+        optimizer=adam,
+    )
+    dense = DenseAtStart()
+    pruning = StudentPruning(amount=0.5, schedule="one_shot", start_epoch=1)
+    tiny_trainer(max_epochs=3, callbacks=[dense, pruning], limit_train_batches=2, limit_val_batches=1).fit(
+        module, datamodule=digits
+    )
+    reference = preserve.reference_model.state_dict()
+    assert reference.keys() == dense.state.keys()  # plain weights, no masks
+    assert all(torch.equal(reference[k], dense.state[k]) for k in reference)

@@ -283,3 +283,33 @@ def test_qat_checkpoint_is_float_and_kdlight_test_evaluates_the_int8_student(tmp
     expected = quantize_int8(float_student, "dynamic")(x)
     assert torch.equal(cli.model.student(x), expected)
     assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+
+
+@pytest.mark.parametrize("start_epoch", [0, 1])
+def test_qat_hands_explanation_preservation_the_float_student_before_fake_quantising(digits, start_epoch):
+    from kdlight.objectives.preservation import ExplanationPreservation
+
+    class FloatWeightsAtSwap(Callback):
+        """The student's float weights at the start of the epoch QAT starts (listed before QAT)."""
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == start_epoch:
+                self.state = {k: v.clone() for k, v in pl_module.student.state_dict().items()}
+
+    preserve = ExplanationPreservation(reference="dense_student", weight=0.1)
+    module = DistillationModule(
+        MLP(64, 10, [32]),
+        MLP(64, 10, [16]),
+        objective=Composite([KD(alpha=0.5), preserve]),
+        optimizer=adam,
+        teacher_as_given=True,
+    )
+    at_swap = FloatWeightsAtSwap()
+    qat = QuantizationAwareTraining(start_epoch=start_epoch, convert_at_end=False)
+    tiny_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[at_swap, qat]).fit(
+        module, datamodule=digits
+    )
+    reference = preserve.reference_model
+    linears = [m for m in reference.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is nn.Linear for m in linears)  # float layers, not FakeQuantizedLinear
+    assert all(torch.equal(v, at_swap.state[k]) for k, v in reference.state_dict().items())
