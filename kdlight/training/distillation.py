@@ -341,9 +341,18 @@ class DistillationModule(SupervisedBase):
         return self._cache.read(index)
 
     def distill_step(
-        self, x: Tensor, y: Tensor | None, index: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor | None,
+        index: Tensor | None = None,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[DistillStep, list[LossTerm]]:
-        """Teacher (or cache) and student forward passes and the objective's terms for one batch."""
+        """Teacher (or cache) and student forward passes and the objective's terms for one batch
+        (``labels``: next-token targets of a language model; ``attention_mask``: real tokens, by
+        default those of the data's text modality)."""
+        if attention_mask is None and self._text is not None:
+            attention_mask = self._text.valid(x)
         t_logits, t_features = self.teacher_outputs(x, index)
         s_logits = self.student(x)
         step = DistillStep(
@@ -357,7 +366,8 @@ class DistillationModule(SupervisedBase):
             global_step=self.global_step,
             student=self.student if self.objective.needs_models else None,
             teacher=self.teacher if self.objective.needs_models else None,
-            attention_mask=None if self._text is None else self._text.valid(x),
+            attention_mask=attention_mask,
+            labels=labels,
         )
         return step, self.objective(step)
 

@@ -132,23 +132,7 @@ class LMDistillationModule(DistillationModule):
 
     def lm_step(self, x: Tensor, labels: Tensor) -> tuple[DistillStep, list[LossTerm]]:
         """Teacher logits (no grad), student logits and the objective's terms for one batch."""
-        t_logits, t_features = self.teacher_outputs(x, None)
-        s_logits = self.student(x)
-        step = DistillStep(
-            inputs=x,
-            target=None,
-            student_logits=s_logits,
-            teacher_logits=t_logits,
-            student_features=self._student_taps.pop(),
-            teacher_features=t_features,
-            epoch=self.current_epoch,
-            global_step=self.global_step,
-            student=self.student if self.objective.needs_models else None,
-            teacher=self.teacher if self.objective.needs_models else None,
-            attention_mask=x != self.pad_id(),
-            labels=labels,
-        )
-        return step, self.objective(step)
+        return self.distill_step(x, None, labels=labels, attention_mask=x != self.pad_id())
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, labels = self.lm_inputs(batch)
