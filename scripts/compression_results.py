@@ -45,8 +45,13 @@ METHODS = ["saliency", "integrated_gradients"]
 METRIC = "rank_correlation"  # Spearman rank correlation of the maps (chance level from a random student)
 
 
+#: where the explanation callback's per-class tables go (the runs log nothing else)
+SCRATCH = Path(tempfile.mkdtemp(prefix="kdlight-compression-"))
+
+
 def trainer(epochs: int, callbacks=(), limit: float | None = None) -> Trainer:
     return Trainer(
+        default_root_dir=SCRATCH,
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
