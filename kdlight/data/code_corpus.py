@@ -34,7 +34,7 @@ from kdlight.core.modality import Text
 from kdlight.data.base import ArrayDataModule
 from kdlight.data.byte_tokenizer import BOS, EOS, ByteTokenizer
 from kdlight.data.lm import LMDataset, chunk_sequence, next_token_labels
-from kdlight.data.text import vocab_fingerprint
+from kdlight.data.text import tokenizer_record
 from kdlight.data.tokenizers import Tokenizer, make_tokenizer
 
 TOKENIZER_KINDS = ("byte", "bpe")
@@ -231,12 +231,7 @@ class PythonSourceCorpus(ArrayDataModule):
         file count, the files' fingerprint)."""
         record = super().data_record()
         if "tokenizer" not in record:
-            record["tokenizer"] = {
-                "kind": self.tokenizer,
-                "vocab_size": self.vocab_size,
-                "max_length": self.max_length,
-                "vocab_sha256": vocab_fingerprint(self.fitted_tokenizer.vocab),
-            }
+            record["tokenizer"] = tokenizer_record(self)
             record["corpus"] = {
                 "python": sys.version.split()[0],
                 "files": len(self._files),

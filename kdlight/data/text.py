@@ -189,13 +189,19 @@ class TextDataModule(ArrayDataModule):
         the vocabulary's SHA-256, so a teacher trained with another tokenizer is detectable."""
         record = super().data_record()
         if "tokenizer" not in record:
-            record["tokenizer"] = {
-                "kind": self.tokenizer,
-                "vocab_size": self.vocab_size,
-                "max_length": self.max_length,
-                "vocab_sha256": vocab_fingerprint(self.fitted_tokenizer.vocab),
-            }
+            record["tokenizer"] = tokenizer_record(self)
         return record
+
+
+def tokenizer_record(data: Any) -> dict[str, Any]:
+    """The ``tokenizer`` entry of a token data module's record: kind, vocab_size, max_length and the
+    fitted vocabulary's SHA-256 (what :func:`vocabulary_mismatch` compares)."""
+    return {
+        "kind": data.tokenizer,
+        "vocab_size": data.vocab_size,
+        "max_length": data.max_length,
+        "vocab_sha256": vocab_fingerprint(data.fitted_tokenizer.vocab),
+    }
 
 
 def vocabulary_mismatch(teacher_records: list[dict[str, Any]], own: dict[str, Any] | None) -> str | None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlight.core.modality import Text
-from kdlight.models.hf import INTERMEDIATE_NAMES, PADDING_OFFSET_POSITIONS, SPECIAL_IDS
+from kdlight.models.hf import HFTokenModel
 from kdlight.models.text_checks import check_text_models
 from kdlight.models.transformer import EncoderLayer, SelfAttention, check_token_ids, has_hooks
 
@@ -136,7 +136,7 @@ def causal_lm_types() -> list[str]:
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(HFTokenModel):
     """A ``transformers`` causal LM of ``model_type`` with random weights; ``forward(ids)`` -> logits ``[B, T, V]``.
 
     Nothing is downloaded: ``AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, ...))``.
@@ -157,7 +157,7 @@ class HFCausalLM(nn.Module):
         config: other config fields of that model type, as a dict (e.g. ``{resid_pdrop: 0.0}``).
     """
 
-    gradcam_layer: str | None = None  # no convolution: no Grad-CAM
+    library_kwargs = {"use_cache": False}  # no key/value cache: one forward per batch
 
     def __init__(
         self,
@@ -172,66 +172,24 @@ class HFCausalLM(nn.Module):
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        if vocab_size is None:
-            raise ValueError("HFCausalLM needs vocab_size: the data module's tokenizer vocabulary size")
-        valid_types = causal_lm_types()
-        if model_type not in valid_types:
-            raise ValueError(
-                f"unknown model_type {model_type!r} for a transformers causal LM; valid ones are: {', '.join(valid_types)}"
-            )
-        if not 0 <= pad_token_id < vocab_size:
-            raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary [0, {vocab_size})")
-        settings: dict[str, Any] = {
-            "vocab_size": vocab_size,
-            "pad_token_id": pad_token_id,
-            "max_position_embeddings": max_length + (pad_token_id + 1 if model_type in PADDING_OFFSET_POSITIONS else 0),
-            "hidden_size": hidden_size,
-            "num_hidden_layers": num_hidden_layers,
-            "num_attention_heads": num_attention_heads,
-            INTERMEDIATE_NAMES.get(model_type, "intermediate_size"): intermediate_size or 4 * hidden_size,
-        }
-        defaults = AutoConfig.for_model(model_type)
-        for name in SPECIAL_IDS:  # defaults of a big pretrained vocabulary would point outside this one
-            value = getattr(defaults, name, None)
-            if isinstance(value, int) and value >= vocab_size:
-                settings[name] = None
-        hf_config = AutoConfig.for_model(model_type, **{**settings, **(config or {})})
-        self.hf = AutoModelForCausalLM.from_config(hf_config)
-        self.model_type = model_type
-        self.vocab_size = self.hf.get_input_embeddings().num_embeddings
-        self.pad_token_id, self.max_length = pad_token_id, max_length
-        self.depth = int(hf_config.num_hidden_layers)
-        self.hidden_states = nn.ModuleList(nn.Identity() for _ in range(self.depth + 1))
-        self.attentions = nn.ModuleList(nn.Identity() for _ in range(self.depth))
-        self._fast_attention = self.hf.config._attn_implementation
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The library model's token embedding layer."""
-        return self.hf.get_input_embeddings()
-
-    def forward(self, ids: Tensor) -> Tensor:
-        check_token_ids(type(self).__name__, ids, self.max_length)
-        want_hidden, want_attentions = has_hooks(self.hidden_states), has_hooks(self.attentions)
-        implementation = "eager" if want_attentions else self._fast_attention
-        if self.hf.config._attn_implementation != implementation:
-            self.hf.set_attn_implementation(implementation)
-        output = self.hf(
-            input_ids=ids,
-            attention_mask=(ids != self.pad_token_id).long(),
-            output_hidden_states=want_hidden,
-            output_attentions=want_attentions,
-            use_cache=False,
-            return_dict=True,
+        self.build_library_model(
+            AutoModelForCausalLM,
+            causal_lm_types(),
+            "a transformers causal LM",
+            model_type,
+            vocab_size,
+            pad_token_id,
+            max_length,
+            {
+                "hidden_size": hidden_size,
+                "num_hidden_layers": num_hidden_layers,
+                "num_attention_heads": num_attention_heads,
+            },
+            intermediate_size,
+            config or {},
         )
-        if want_hidden:
-            for tap, hidden in zip(self.hidden_states, output.hidden_states, strict=True):
-                tap(hidden)
-        if want_attentions:
-            for tap, probs in zip(self.attentions, output.attentions, strict=True):
-                tap(probs)
-        return output.logits
 
 
 def check_lm_models(vocab_size: int, pad_id: int, max_length: int | None = None, **models: nn.Module) -> None:

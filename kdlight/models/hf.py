@@ -37,7 +37,94 @@ def sequence_classifier_types() -> list[str]:
     return sorted(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
 
-class HFClassifier(nn.Module):
+class HFTokenModel(nn.Module):
+    """What :class:`HFClassifier` and :class:`~kdlight.models.HFCausalLM` share: a ``transformers``
+    model built from its config with random weights (submodule ``hf``), the tap points
+    ``hidden_states.<i>`` / ``attentions.<i>`` filled only while tapped, and ``forward(ids)`` with
+    ``attention_mask = ids != pad_token_id`` returning the logits only."""
+
+    gradcam_layer: str | None = None  # no convolution: no Grad-CAM
+    #: further keyword arguments of every call of the library model
+    library_kwargs: dict[str, Any] = {}
+
+    def build_library_model(
+        self,
+        auto_class: type,
+        valid_types: list[str],
+        kind: str,
+        model_type: str,
+        vocab_size: int | None,
+        pad_token_id: int,
+        max_length: int,
+        sizes: dict[str, Any],
+        intermediate_size: int | None,
+        overrides: dict[str, Any],
+    ) -> None:
+        """Check the arguments (one line each), build ``auto_class.from_config`` and the taps."""
+        from transformers import AutoConfig
+
+        name = type(self).__name__
+        if vocab_size is None:
+            raise ValueError(
+                f"{name} needs vocab_size: the data module's tokenizer vocabulary size (its modality's vocab_size)"
+            )
+        if model_type not in valid_types:
+            raise ValueError(f"unknown model_type {model_type!r} for {kind}; valid ones are: {', '.join(valid_types)}")
+        if not 0 <= pad_token_id < vocab_size:
+            raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary [0, {vocab_size})")
+        positions = max_length + (pad_token_id + 1 if model_type in PADDING_OFFSET_POSITIONS else 0)
+        settings: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            "pad_token_id": pad_token_id,
+            "max_position_embeddings": positions,
+            **sizes,
+            INTERMEDIATE_NAMES.get(model_type, "intermediate_size"): intermediate_size or 4 * sizes["hidden_size"],
+        }
+        defaults = AutoConfig.for_model(model_type)
+        for special in SPECIAL_IDS:  # defaults of a big pretrained vocabulary would point outside this one
+            value = getattr(defaults, special, None)
+            if isinstance(value, int) and value >= vocab_size:
+                settings[special] = None
+        hf_config = AutoConfig.for_model(model_type, **{**settings, **overrides})
+        self.hf = auto_class.from_config(hf_config)
+        self.model_type = model_type
+        self.vocab_size = self.hf.get_input_embeddings().num_embeddings
+        self.pad_token_id, self.max_length = pad_token_id, max_length
+        self.depth = int(hf_config.num_hidden_layers)
+        self.hidden_states = nn.ModuleList(nn.Identity() for _ in range(self.depth + 1))
+        self.attentions = nn.ModuleList(nn.Identity() for _ in range(self.depth))
+        self._fast_attention = self.hf.config._attn_implementation
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The library model's token embedding layer."""
+        return self.hf.get_input_embeddings()
+
+    def _use_attention(self, implementation: str) -> None:
+        if self.hf.config._attn_implementation != implementation:
+            self.hf.set_attn_implementation(implementation)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        check_token_ids(type(self).__name__, ids, self.max_length)
+        want_hidden, want_attentions = has_hooks(self.hidden_states), has_hooks(self.attentions)
+        self._use_attention("eager" if want_attentions else self._fast_attention)
+        output = self.hf(
+            input_ids=ids,
+            attention_mask=(ids != self.pad_token_id).long(),
+            output_hidden_states=want_hidden,
+            output_attentions=want_attentions,
+            return_dict=True,
+            **self.library_kwargs,
+        )
+        if want_hidden:
+            for tap, hidden in zip(self.hidden_states, output.hidden_states, strict=True):
+                tap(hidden)
+        if want_attentions:
+            for tap, probs in zip(self.attentions, output.attentions, strict=True):
+                tap(probs)
+        return output.logits
+
+
+class HFClassifier(HFTokenModel):
     """A ``transformers`` sequence classifier of ``model_type`` with random weights, on token ids.
 
     ``forward(ids)`` builds ``attention_mask = ids != pad_token_id`` and returns the logits only.
@@ -68,8 +155,6 @@ class HFClassifier(nn.Module):
         config_overrides: the same as keyword arguments, passed through (Python only).
     """
 
-    gradcam_layer: str | None = None  # no convolution: no Grad-CAM
-
     def __init__(
         self,
         model_type: str = "bert",
@@ -85,70 +170,23 @@ class HFClassifier(nn.Module):
         **config_overrides: Any,
     ) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        config_overrides = {**(config or {}), **config_overrides}
-        if vocab_size is None:
-            raise ValueError(
-                "HFClassifier needs vocab_size: the data module's tokenizer vocabulary size (its modality's vocab_size)"
-            )
-        valid_types = sequence_classifier_types()
-        if model_type not in valid_types:
-            raise ValueError(
-                f"unknown model_type {model_type!r} for a transformers sequence classifier; valid ones are: "
-                f"{', '.join(valid_types)}"
-            )
-        if not 0 <= pad_token_id < vocab_size:
-            raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary [0, {vocab_size})")
-        positions = max_length + (pad_token_id + 1 if model_type in PADDING_OFFSET_POSITIONS else 0)
-        settings: dict[str, Any] = {
-            "vocab_size": vocab_size,
-            "num_labels": num_classes,
-            "pad_token_id": pad_token_id,
-            "max_position_embeddings": positions,
-            "hidden_size": hidden_size,
-            "num_hidden_layers": num_hidden_layers,
-            "num_attention_heads": num_attention_heads,
-            INTERMEDIATE_NAMES.get(model_type, "intermediate_size"): intermediate_size or 4 * hidden_size,
-        }
-        defaults = AutoConfig.for_model(model_type)
-        for name in SPECIAL_IDS:  # defaults of a big pretrained vocabulary would point outside this one
-            value = getattr(defaults, name, None)
-            if isinstance(value, int) and value >= vocab_size:
-                settings[name] = None
-        hf_config = AutoConfig.for_model(model_type, **{**settings, **config_overrides})
-        self.hf = AutoModelForSequenceClassification.from_config(hf_config)
-        self.model_type, self.num_classes = model_type, num_classes
-        self.vocab_size = self.hf.get_input_embeddings().num_embeddings
-        self.pad_token_id, self.max_length = pad_token_id, max_length
-        self.depth = int(hf_config.num_hidden_layers)
-        self.hidden_states = nn.ModuleList(nn.Identity() for _ in range(self.depth + 1))
-        self.attentions = nn.ModuleList(nn.Identity() for _ in range(self.depth))
-        self._fast_attention = self.hf.config._attn_implementation
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The library model's token embedding layer."""
-        return self.hf.get_input_embeddings()
-
-    def _use_attention(self, implementation: str) -> None:
-        if self.hf.config._attn_implementation != implementation:
-            self.hf.set_attn_implementation(implementation)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        check_token_ids(type(self).__name__, ids, self.max_length)
-        want_hidden, want_attentions = has_hooks(self.hidden_states), has_hooks(self.attentions)
-        self._use_attention("eager" if want_attentions else self._fast_attention)
-        output = self.hf(
-            input_ids=ids,
-            attention_mask=(ids != self.pad_token_id).long(),
-            output_hidden_states=want_hidden,
-            output_attentions=want_attentions,
-            return_dict=True,
+        self.num_classes = num_classes
+        self.build_library_model(
+            AutoModelForSequenceClassification,
+            sequence_classifier_types(),
+            "a transformers sequence classifier",
+            model_type,
+            vocab_size,
+            pad_token_id,
+            max_length,
+            {
+                "num_labels": num_classes,
+                "hidden_size": hidden_size,
+                "num_hidden_layers": num_hidden_layers,
+                "num_attention_heads": num_attention_heads,
+            },
+            intermediate_size,
+            {**(config or {}), **config_overrides},
         )
-        if want_hidden:
-            for tap, hidden in zip(self.hidden_states, output.hidden_states, strict=True):
-                tap(hidden)
-        if want_attentions:
-            for tap, probs in zip(self.attentions, output.attentions, strict=True):
-                tap(probs)
-        return output.logits

@@ -198,6 +198,22 @@ class DistillationModule(SupervisedBase):
                 f"teacher outputs {t_classes} classes but student outputs {s_classes}; "
                 "give both models the same num_classes"
             )
+        self.build_objective(step)
+        num_classes = self.resolve_num_classes(step.student_logits)
+        for split in ("val", "test"):
+            metrics = nn.ModuleDict(
+                {
+                    "student": classification_metrics(num_classes, f"{split}/"),
+                    "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
+                    "agreement": MeanMetric(),
+                    "kl": MeanMetric(),
+                }
+            )
+            setattr(self, f"{split}_metrics", metrics)
+
+    def build_objective(self, step: DistillStep) -> None:
+        """Refuse tapped layers that never ran in the dry ``step``, build the objective's trainable
+        parts from its features and record their shapes (checkpoints rebuild from them)."""
         for role, wanted, tapped in (
             ("student", self.objective.student_layers, step.student_features),
             ("teacher", self.objective.teacher_layers, step.teacher_features),
@@ -213,17 +229,6 @@ class DistillationModule(SupervisedBase):
             "student": {k: tuple(v.shape) for k, v in step.student_features.items()},
             "teacher": {k: tuple(v.shape) for k, v in step.teacher_features.items()},
         }
-        num_classes = self.resolve_num_classes(step.student_logits)
-        for split in ("val", "test"):
-            metrics = nn.ModuleDict(
-                {
-                    "student": classification_metrics(num_classes, f"{split}/"),
-                    "teacher_acc": MulticlassAccuracy(num_classes, average="micro"),
-                    "agreement": MeanMetric(),
-                    "kl": MeanMetric(),
-                }
-            )
-            setattr(self, f"{split}_metrics", metrics)
 
     def _setup_cache(self) -> None:
         data = self.datamodule_capabilities()

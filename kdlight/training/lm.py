@@ -77,21 +77,7 @@ class LMDistillationModule(DistillationModule):
         step = self._shape_step(x)
         check_lm_logits(x, step.teacher_logits, step.student_logits)
         step.labels = next_token_labels(x, self.pad_id())
-        for role, wanted, tapped in (
-            ("student", self.objective.student_layers, step.student_features),
-            ("teacher", self.objective.teacher_layers, step.teacher_features),
-        ):
-            silent = [name for name in dict.fromkeys(wanted) if name not in tapped]
-            if silent:
-                raise ValueError(
-                    f"{role} layer(s) {silent} never run in {type(getattr(self, role)).__name__}'s forward; name layers "
-                    f"that forward calls (see print({role}))"
-                )
-        self.objective.build(step)
-        self._feature_shapes = {
-            role: {k: tuple(v.shape) for k, v in features.items()}
-            for role, features in (("student", step.student_features), ("teacher", step.teacher_features))
-        }
+        self.build_objective(step)
         for split in ("val", "test"):
             metrics = {
                 "student_ppl": Perplexity(ignore_index=IGNORE_INDEX),
