@@ -13,7 +13,9 @@ every position counted, temperature 1):
 On CUDA ``max_memory_allocated`` growth; on CPU the peak RSS growth (VmHWM after a reset, else
 ru_maxrss) in a fresh process per setting. The logits (and the teacher's) exist before the
 baseline is read: the figures are what the loss adds, the student-logit gradient included.
-Run alone: ``python scripts/bench/lm_memory.py [--device cuda] [--threads N]``.
+Second part (``bench/lm_topk_cache.py``): the error of the top-k teacher-output cache
+(``kdlight.training.lm_cache``) against the full forward KL, its disk size and build time.
+Run alone: ``python scripts/bench/lm_memory.py [--device cuda] [--threads N] [--part all|memory|topk]``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the ``bench`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import lm_topk_cache  # noqa: E402
 from bench.common import Row, log  # noqa: E402
 from bench.ig_memory import _reset_peak_rss, _status_kb  # noqa: E402
 
@@ -131,8 +134,14 @@ def _in_subprocess(form: str, threads: int, malloc_mmap_threshold: int | None) -
 
 
 def run(cfg) -> dict:
-    """Each form once (CPU: in a fresh process; CUDA: in this one)."""
-    out = {}
+    """Each form once (CPU: in a fresh process; CUDA: in this one), then the top-k cache's error
+    (``bench/lm_topk_cache.py``; ``cfg.part``: ``"memory"`` or ``"topk"`` runs one part only)."""
+    out: dict = {}
+    part = getattr(cfg, "part", "all")
+    if part in ("all", "topk"):
+        out["topk_cache"] = lm_topk_cache.run(cfg)
+    if part == "topk":
+        return out
     for form in FORMS:
         if cfg.device == "cuda":
             out[form] = measure("cuda", form)
@@ -144,8 +153,10 @@ def run(cfg) -> dict:
 
 
 def rows(cfg, res: dict) -> list[Row]:
+    found: list[Row] = lm_topk_cache.rows(res["topk_cache"]) if "topk_cache" in res else []
+    if "naive" not in res:
+        return found
     naive = res["naive"]
-    found: list[Row] = []
     for form in ("chunked", "checkpoint"):
         r = res[form]
         ratio = r["peak_bytes"] / max(naive["peak_bytes"], 1)
@@ -170,7 +181,8 @@ def notes(cfg) -> list[str]:
     return [
         f"Section 6: forward KL on {SHAPE[0] * SHAPE[1]} positions x V={SHAPE[2]} float32 (one [B, T, V] tensor = "
         f"{logits_mib:.0f} MiB, the student-logit gradient included in every figure), chunks of "
-        f"{default_chunk_size(SHAPE[2])} positions; {how}, one run each."
+        f"{default_chunk_size(SHAPE[2])} positions; {how}, one run each.",
+        *lm_topk_cache.notes(),
     ]
 
 
@@ -181,6 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--malloc-mmap-threshold", type=int, default=None)
+    p.add_argument(
+        "--part",
+        choices=["all", "memory", "topk"],
+        default="all",
+        help="memory: peak memory only; topk: cache error only",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
     if cfg.child:
@@ -190,7 +208,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(cfg.threads)
     res = run(cfg)
-    print("| form | peak memory growth | seconds (fwd + bwd) | peak / naive | loss |")
+    print("| measurement | value | baseline | ratio | goal |")
+    print("|---|---|---|---|---|")
+    for row in lm_topk_cache.rows(res["topk_cache"]) if "topk_cache" in res else []:
+        print("| " + " | ".join(row[1:]) + " |")
+    if "naive" not in res:
+        print("\n".join(lm_topk_cache.notes()))
+        return
+    print("\n| form | peak memory growth | seconds (fwd + bwd) | peak / naive | loss |")
     print("|---|---|---|---|---|")
     for form in FORMS:
         r = res[form]
