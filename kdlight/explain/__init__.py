@@ -14,6 +14,7 @@ _METRICS = "kdlight.explain.metrics"
 
 _LAZY = {
     "ExplanationAgreement": "kdlight.explain.callback",
+    "ContextAttribution": "kdlight.explain.callback.lm_context",
     "AttributionConfig": _ATTRIBUTION,
     "attribute": _ATTRIBUTION,
     "input_gradient_map": _ATTRIBUTION,
