@@ -6,12 +6,13 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ClassifierModule", "DistillationModule", "LMDistillationModule", "DistillStep", "LossTerm"]
+__all__ = ["ClassifierModule", "DistillationModule", "LMModule", "LMDistillationModule", "DistillStep", "LossTerm"]
 
 # Imported on first use, so ``import kdlight.functional`` stays light (no Lightning).
 _LAZY = {
     "ClassifierModule": "kdlight.training.classifier",
     "DistillationModule": "kdlight.training.distillation",
+    "LMModule": "kdlight.training.lm",
     "LMDistillationModule": "kdlight.training.lm",
     "DistillStep": "kdlight.core.step",
     "LossTerm": "kdlight.core.step",

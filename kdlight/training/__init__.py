@@ -1,4 +1,4 @@
-"""The Lightning layer: the modules that train (ClassifierModule, DistillationModule, LMDistillationModule), the
+"""The Lightning layer: the modules that train (ClassifierModule, DistillationModule, LMModule, LMDistillationModule), the
 teacher-output cache, feature taps and in-step batch transforms."""
 
 from __future__ import annotations
@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ClassifierModule", "DistillationModule", "LMDistillationModule"]
+__all__ = ["ClassifierModule", "DistillationModule", "LMModule", "LMDistillationModule"]
 
 # Imported on first use: kdlight.objectives imports training.taps, and distillation imports objectives.
 _LAZY = {
     "ClassifierModule": "kdlight.training.classifier",
     "DistillationModule": "kdlight.training.distillation",
+    "LMModule": "kdlight.training.lm",
     "LMDistillationModule": "kdlight.training.lm",
 }
 
