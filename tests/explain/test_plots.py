@@ -40,37 +40,102 @@ def test_the_modality_draws_and_is_guessed_from_the_rank_without_one(kind):
 
 def test_tabular_names_come_from_the_modality_and_token_ids_are_never_drawn_as_bars():
     x, t, s = _maps((2, 12))
-    fig = explanation_figure(x, t, s, modality=Tabular(feature_names=[f"gene{j}" for j in range(12)]))
-    assert all(tick.get_text().startswith("gene") for tick in fig.axes[0].get_yticklabels())
+    names = [f"gene{j}" for j in range(12)]
+    drawn = explanation_image(x, t, s, modality=Tabular(feature_names=names))
+    assert not np.array_equal(drawn, explanation_image(x, t, s, modality=Tabular()))  # x0.. are other names
+    shown = set(np.argsort(-np.abs(t[0].numpy()))[:1]) | set(np.argsort(-np.abs(s[0].numpy()))[:1])
+    renamed = [f"{name}_renamed" if j in shown else name for j, name in enumerate(names)]
+    assert not np.array_equal(drawn, explanation_image(x, t, s, modality=Tabular(feature_names=renamed)))
     with pytest.raises(ValueError, match="no default modality"):
         explanation_figure(torch.ones(2, 12, dtype=torch.long), t, s)
 
 
+def test_a_feature_left_out_of_the_top_ten_is_not_drawn():
+    x, t, s = _maps((1, 12))
+    t[0, 11], s[0, 11] = 0.0, 0.0  # the weakest feature in both maps: not among the 10 shown
+    t[0, 10], s[0, 10] = 1e-6, 0.0
+    names = [f"f{j}" for j in range(12)]
+    drawn = explanation_image(x, t, s, modality=Tabular(feature_names=names))
+    other = explanation_image(x, t, s, modality=Tabular(feature_names=[*names[:10], "zz10", "zz11"]))
+    assert np.array_equal(drawn, other)
+
+
 @pytest.mark.parametrize("kind", list(SHAPES))
-def test_explanation_figure_grid(kind):
+def test_explanation_figure_is_one_raster_of_the_image(kind):
+    """Every built-in modality is drawn with Pillow: the figure is one axes showing exactly
+    explanation_image's pixels; labels and titles change the picture, not its width."""
     x, t, s = _maps(SHAPES[kind])
     n = x.shape[0]
     labels = [f"y={i} t={i} s={i}" for i in range(n)]
     names = [f"feat{j}" for j in range(x.shape[1])] if kind == "tabular" else None
     fig = explanation_figure(x, t, s, labels=labels, feature_names=names, title=kind)
     assert isinstance(fig, Figure)
-    if kind == "image":  # one raster (Pillow), no axes: the figure shows exactly explanation_image's pixels
-        (ax,) = fig.axes
-        assert len(ax.images) == 1 and not ax.axison
-        image = explanation_image(x, t, s, labels=labels, title=kind)
-        assert np.array_equal(figure_to_array(fig), image)
-        unlabelled = explanation_image(x, t, s, title=kind)
-        assert image.shape[1] == unlabelled.shape[1] == 500 and not np.array_equal(image, unlabelled)
-        return
-    assert len(fig.axes) == n * 3
-    rows = {ax.get_subplotspec().rowspan.start for ax in fig.axes}
-    cols = {ax.get_subplotspec().colspan.start for ax in fig.axes}
-    assert rows == set(range(n)) and cols == {0, 1, 2}
-    assert fig.axes[0].get_ylabel() == labels[0]
-    if kind == "tabular":
-        assert len(fig.axes[1].patches) == 10
-        shown = [tick.get_text() for tick in fig.axes[0].get_yticklabels()]
-        assert all(name.startswith("feat") for name in shown)
+    (ax,) = fig.axes
+    assert len(ax.images) == 1 and not ax.axison
+    image = explanation_image(x, t, s, labels=labels, feature_names=names, title=kind)
+    assert np.array_equal(figure_to_array(fig), image)
+    unlabelled = explanation_image(x, t, s, feature_names=names, title=kind)
+    width = 500 if kind == "image" else 900
+    assert image.shape[1] == unlabelled.shape[1] == width and not np.array_equal(image, unlabelled)
+
+
+@pytest.mark.parametrize("kind", ["signal", "tabular"])
+def test_rows_have_one_height_and_the_title_adds_a_band(kind):
+    shape = SHAPES[kind]
+    heights = [explanation_image(*_maps((n, *shape[1:]))).shape[0] for n in (1, 2, 3)]
+    assert heights[2] - heights[1] == heights[1] - heights[0] > 0
+    titled = explanation_image(*_maps((1, *shape[1:])), title="a title").shape[0]
+    assert titled > heights[0]
+
+
+def _chromatic(image: np.ndarray) -> np.ndarray:
+    """Pixels with colour (not white, gray or black)."""
+    rgb = image.astype(int)
+    return rgb.max(axis=2) - rgb.min(axis=2) > 40
+
+
+def test_signal_band_colours_each_step_by_sign_and_size_and_leaves_zero_white():
+    length = 40
+    x = torch.sin(torch.linspace(0, 6, length)).view(1, 1, length)
+    t = torch.zeros_like(x)
+    t[0, 0, 5], t[0, 0, 20] = 1.0, -0.5  # the row's limit is 1: a full red step and a half blue one
+    s = torch.zeros_like(x)  # the student's cell: no colour at all
+    image = explanation_image(x, t, s, modality=Signal())
+    columns = np.flatnonzero(_chromatic(image).any(axis=0))
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    assert len(runs) == 2  # only the two non-zero steps, only in the teacher's cell
+    red, blue = (image[:, run].reshape(-1, 3).astype(int) for run in runs)
+    red, blue = red[_chromatic(red[None])[0]], blue[_chromatic(blue[None])[0]]
+    assert (red[:, 0] > red[:, 2]).all() and (blue[:, 2] > blue[:, 0]).all()
+    assert np.ptp(red, axis=1).mean() > np.ptp(blue, axis=1).mean()  # |1| is more saturated than |0.5|
+    width = 900
+    assert width / 3 < runs[0].min() and runs[1].max() < 2 * width / 3  # the teacher's column
+    stripe = (runs[1].mean() - runs[0].mean()) / 15  # steps 5 and 20: 15 stripes apart
+    assert abs(len(runs[0]) - stripe) <= 1 and abs(len(runs[1]) - stripe) <= 1
+
+
+def test_tabular_bars_are_as_long_as_the_values_coloured_by_sign_in_order_of_magnitude():
+    t = torch.tensor([[0.5, -2.0, 1.0, 0.0, 0.25]])
+    x, s = torch.ones_like(t), torch.zeros_like(t)  # gray input bars; the student draws no bar
+    image = explanation_image(x, t, s, modality=Tabular())
+    coloured = _chromatic(image)
+    rows = np.flatnonzero(coloured.any(axis=1))
+    bars = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    assert len(bars) == 4  # the zero feature has no bar
+    lengths, signs, spans = [], [], []
+    for bar in bars:
+        line = bar[len(bar) // 2]
+        cols = np.flatnonzero(coloured[line])
+        colour = image[line, cols[0]].astype(int)
+        lengths.append(len(cols))
+        signs.append(1 if colour[0] > colour[2] else -1)
+        spans.append((cols.min(), cols.max()))
+    order = [1, 2, 0, 4]  # features by |value|, top to bottom
+    assert signs == [int(np.sign(t[0, j])) for j in order]
+    expected = np.abs(t[0, order].numpy()) / 2.0 * lengths[0]
+    assert np.allclose(lengths, expected, atol=1.5)
+    zero = spans[0][1] + 1  # the negative bar ends at the zero line, where the positive ones start
+    assert all(abs(start - zero) <= 1 for start, _ in spans[1:])
 
 
 def test_image_maps_share_a_symmetric_scale_per_row():
@@ -109,7 +174,7 @@ def test_wrong_shapes_raise():
         explanation_figure(x, t, s, labels=["a"])
     with pytest.raises(ValueError, match="feature_names"):
         explanation_figure(*_maps((2, 5)), feature_names=["a", "b"])
-    assert len(explanation_figure(x, t, s, feature_names=["a", "b"]).axes) == 1  # ignored for images
+    assert np.array_equal(explanation_image(x, t, s, feature_names=["a", "b"]), explanation_image(x, t, s))  # images
 
 
 @pytest.mark.parametrize("size", [8, 32, 224])
@@ -123,15 +188,13 @@ def test_image_mosaic_fits_the_width_whatever_the_image_size(size):
     assert columns.max() < 500 and columns.max() - columns.min() > 250
 
 
-def test_signal_image_is_the_rendered_figure():
-    x, t, s = _maps(SHAPES["signal"])
-    assert np.array_equal(explanation_image(x, t, s), figure_to_array(explanation_figure(x, t, s)))
-
-
-def test_zero_maps_do_not_break():
-    x = torch.randn(1, 1, 4, 4)
-    fig = explanation_figure(x, torch.zeros_like(x), torch.zeros_like(x))
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (1, 2, 6), (1, 1, 6), (1, 4), (2, 1, 1)])
+def test_zero_constant_and_nan_maps_do_not_break(shape):
+    x = torch.zeros(shape)
+    fig = explanation_figure(x, torch.zeros_like(x), torch.full_like(x, float("nan")))
     assert figure_to_array(fig).shape[2] == 3
+    if len(shape) == 2 or shape[1:2] == (1,):  # one channel: a black line; zero maps leave the band white, no bar
+        assert not _chromatic(explanation_image(x, torch.zeros_like(x), torch.zeros_like(x))).any()
 
 
 def test_agreement_over_epochs_figure():

@@ -49,8 +49,11 @@ def attribute(
             f"{modality.layout} (shape {list(inputs.shape)}); choose another method"
         )
     place = Placement.of(model, inputs.device)
-    seed = None if is_pure(config) else config.seed  # pure calls leave the RNGs alone
-    with attribution_context(model, (inputs.device, place.device), grad=True, seed=seed):
+    random = get_method(config.method).random or config.noise_tunnel is not None
+    seed = config.seed if random else None  # only calls that draw random numbers fork and seed the RNGs
+    with attribution_context(
+        model, (inputs.device, place.device), grad=True, seed=seed, quiet_hooks=not is_pure(config)
+    ):
         x = place.put(inputs)
         tgt = as_target(target, x.shape[0], place.device)
         kind = baseline_kind(config, train_inputs is not None)

@@ -131,12 +131,14 @@ def attribution_context(
     *,
     grad: bool,
     seed: int | None = None,
+    quiet_hooks: bool = False,
 ) -> Iterator[None]:
     """Run ``model`` to explain (``grad=True``) or score (``grad=False``) it; see the module notes.
 
     ``devices``: where autocast is turned off (the inputs' and the model's). ``seed``: fork the
-    RNGs and seed them (random methods), silencing Captum's hook warnings; ``None`` leaves the RNGs,
-    the warning filters and the deterministic flag's thread-safety alone.
+    RNGs and seed them (random methods); ``None`` leaves the RNGs alone. ``quiet_hooks``: silence
+    Captum's hook warnings (methods that hook the model); off, the warning filters are left alone,
+    which keeps pure calls thread-safe.
     """
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
@@ -148,6 +150,7 @@ def attribution_context(
         stack.enter_context(eval_mode(model))
         if seed is not None:
             stack.enter_context(seeded(seed, devices[-1]))
+        if quiet_hooks or seed is not None:
             stack.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message=".*Setting forward, backward hooks.*")
             warnings.filterwarnings("ignore", message=".*Input Tensor.*did not already require grad.*")

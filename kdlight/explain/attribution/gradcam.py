@@ -74,19 +74,32 @@ def grad_cam_layer(model: nn.Module, layer: str | None, role: str = "model") -> 
 def grad_cam(model: nn.Module, inputs: Tensor, target: Tensor, layer: nn.Module, *, create_graph: bool) -> Tensor:
     """ReLU'd Grad-CAM of ``layer`` at the layer's resolution, ``[N, 1, *positions']``.
 
-    ``inputs`` are made to require grad (so the activation is in a graph even for a frozen model);
-    ``create_graph=True`` keeps the map differentiable w.r.t. the parameters.
+    ``create_graph=True`` keeps the map differentiable w.r.t. the parameters (and ``inputs``, which
+    are made to require grad). Without it the inputs are left alone and the forward records no
+    graph until ``layer``: its output is detached and made to require grad, so only the layers
+    after it record one (the same values; the forward costs about a plain one).
     """
     captured: list[Tensor] = []
 
     def hook(_module, _inp, output):
-        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        if not create_graph:
+            torch.set_grad_enabled(True)  # the layers after this one record a graph
+            first = first.detach().requires_grad_(True).clone()  # not a leaf: in-place ops after it work
+            if isinstance(output, (tuple, list)):
+                output = [first, *output[1:]] if isinstance(output, list) else (first, *output[1:])
+            else:
+                output = first
+        captured.append(first)
+        return output
 
     with torch.enable_grad():  # Captum's NoiseTunnel calls it under no_grad
+        if create_graph and not inputs.requires_grad:
+            inputs.requires_grad_(True)
         handle = layer.register_forward_hook(hook)
         try:
-            x = inputs if inputs.requires_grad else inputs.requires_grad_(True)
-            logits = model(x)
+            with torch.set_grad_enabled(create_graph):  # the hook turns it on at the layer
+                logits = model(inputs)
         finally:
             handle.remove()
         if not captured:
@@ -150,6 +163,14 @@ class GradCam(CaptumMethod):
 
     def explainer(self, model, inputs, config, baselines):
         return _captum_grad_cam()(model, grad_cam_layer(model, config.layer)), {}
+
+    def attribute(self, model, inputs, target, config, *, baselines, modality) -> Tensor:
+        """:func:`grad_cam` called directly (Captum's wrapper only under a noise tunnel); ``inputs``
+        are not changed."""
+        if config.noise_tunnel is not None or not inputs.is_floating_point():
+            return super().attribute(model, inputs, target, config, baselines=baselines, modality=modality)
+        cam = grad_cam(model, inputs, target, grad_cam_layer(model, config.layer), create_graph=False)
+        return self.finish(cam, inputs, modality)
 
     def finish(self, result: Tensor, inputs: Tensor, modality: Modality) -> Tensor:
         return upsample_cam(result, inputs, modality)

@@ -90,3 +90,74 @@ def test_layer_errors_are_one_line():
         input_gradient_map(
             nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), x, 0, "grad_cam", create_graph=False, modality=Image()
         )
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("kind", ["image", "signal"])
+def test_maps_equal_captums_layer_grad_cam_resized_and_leave_the_inputs_alone(kind, frozen):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from kdlight.models import CNN1d, CNN2d
+
+    torch.manual_seed(0)
+    model, x = (
+        (CNN2d(2, 4, channels=[4, 6]), torch.randn(5, 2, 8, 8))
+        if kind == "image"
+        else (CNN1d(2, 4, channels=[4, 6]), torch.randn(5, 2, 16))
+    )
+    model.eval().requires_grad_(not frozen)
+    target = torch.tensor([0, 1, 2, 3, 1])
+    layer = model.get_submodule(model.gradcam_layer)
+    cam = LayerGradCam(model, layer).attribute(x.clone().requires_grad_(), target=target, relu_attributions=True)
+    mode = "bilinear" if kind == "image" else "linear"
+    expected = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=mode).expand_as(x)
+    maps = attribute(model, x, target, AttributionConfig("grad_cam"))
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-6)
+    assert not x.requires_grad and all(p.grad is None for p in model.parameters())
+
+
+def test_a_layer_returning_a_tuple_is_explained_by_its_first_output():
+    class TupleConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.conv(x), "extra"
+
+    class Model(nn.Module):
+        gradcam_layer = "block"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.block, self.head = TupleConv(), nn.Linear(3 * 4 * 4, 3)
+
+        def forward(self, x):
+            activation, extra = self.block(x)
+            assert extra == "extra"
+            return self.head(activation.flatten(1))
+
+    torch.manual_seed(0)
+    model, x, target = Model(), torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    reference = ConvLinear(model.block.conv, 3 * 4 * 4)
+    reference.head = model.head
+    cam = F.interpolate(_expected_cam(reference, x, target), size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(attribute(model, x, target, AttributionConfig("grad_cam")), cam, rtol=1e-5, atol=1e-6)
+
+
+def test_an_in_place_op_after_the_layer_is_explained_on_its_result():
+    class InPlace(ConvLinear):
+        def forward(self, x):
+            return self.head(self.conv(x).relu_().flatten(1))
+
+    torch.manual_seed(0)
+    model, x, target = (
+        InPlace(nn.Conv2d(1, 3, 3, stride=2, padding=1), 3 * 4 * 4),
+        torch.randn(4, 1, 8, 8),
+        torch.tensor([0, 1, 2, 1]),
+    )
+    with torch.no_grad():
+        activation = F.relu(model.conv(x))
+        weights = model.head.weight[target].view_as(activation).mean((2, 3), keepdim=True)
+        cam = F.interpolate(F.relu((weights * activation).sum(1, keepdim=True)), size=(8, 8), mode="bilinear")
+    torch.testing.assert_close(attribute(model, x, target, AttributionConfig("grad_cam")), cam, rtol=1e-5, atol=1e-6)
