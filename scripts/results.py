@@ -111,7 +111,7 @@ def run_overrides(
     callbacks = []
     for cb in trainer.get("callbacks") or []:
         name = cb.get("class_path", "")
-        if name.endswith("ExplanationAgreement") and not explain_callback:
+        if name.endswith(("ExplanationAgreement", "ContextAttribution")) and not explain_callback:
             continue
         callbacks.append(cb)
     args.append(f"--trainer.callbacks={json.dumps(callbacks)}")

@@ -13,7 +13,7 @@ from conftest import REPO
 
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("trainer", "logger", "spaces"))
 FRAGMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name in ("trainer", "logger"))
-LOCAL_DATA = ("digits", "mnist1d", "breast_cancer", "shortcut", "text_shortcut", "tweets", "compression")
+LOCAL_DATA = ("digits", "mnist1d", "breast_cancer", "shortcut", "text_shortcut", "tweets", "compression", "lm")
 
 
 class ParseOnlyCLI(KDLightCLI):

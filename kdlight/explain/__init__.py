@@ -15,6 +15,7 @@ _METRICS = "kdlight.explain.metrics"
 _LAZY = {
     "ExplanationAgreement": "kdlight.explain.callback",
     "ContextAttribution": "kdlight.explain.callback.lm_context",
+    "context_attributions": "kdlight.explain.attribution.context_tokens",
     "AttributionConfig": _ATTRIBUTION,
     "attribute": _ATTRIBUTION,
     "input_gradient_map": _ATTRIBUTION,
