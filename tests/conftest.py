@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("KDLIGHT_CACHE_DIR", tempfile.mkdtemp(prefix="kdlight-test-cache-"))  # never ~/.cache
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
