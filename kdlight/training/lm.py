@@ -196,12 +196,15 @@ class LMDistillationModule(LMBatches, DistillationModule):
     ``lmbda`` a training batch is replaced by the student's continuations of its first
     ``generation.prompt_length`` tokens (on-policy GKD, Agarwal et al. 2024; TRL's ``lmbda``),
     otherwise with ``seq_kd=True`` by the teacher's (sequence-level KD, Kim & Rush 2016); only the
-    generated tokens count. The draw is seeded by ``generation_seed`` and the global step, so it
-    is the same on resume; ``train/on_policy`` logs 1 on student-generated steps.
+    generated tokens count. The draw is seeded by ``generation_seed`` (default: the run's
+    ``seed_everything``) and the global step, so it is the same on resume (with gradient
+    accumulation, the micro-batches of one optimizer step share it); ``train/on_policy`` logs 1 on
+    student-generated steps.
 
     ``teacher_cache`` (``"auto"`` or a directory, :mod:`kdlight.training.lm_cache`): the teacher's
-    top-``teacher_cache_k`` log-probabilities of every training sequence are computed once at
-    ``fit`` setup and read back by the batch's ``index``; the loss is then the top-k forward KL
+    top-``teacher_cache_k`` log-probabilities of every training sequence are computed once when
+    ``fit`` starts (after the teacher checks and any checkpoint restore, on the teacher's device,
+    by rank 0 while the other ranks wait) and read back by the batch's ``index``; the loss is then the top-k forward KL
     (plus next-token CE), other objectives are refused. Validation and generated batches still
     run the teacher.
     """
@@ -221,7 +224,7 @@ class LMDistillationModule(LMBatches, DistillationModule):
         lmbda: float = 0.0,
         seq_kd: bool = False,
         generation: GenerationSettings | None = None,
-        generation_seed: int = 0,
+        generation_seed: int | None = None,
         teacher_cache: str | None = None,
         teacher_cache_k: int = 64,
     ) -> None:
@@ -260,8 +263,6 @@ class LMDistillationModule(LMBatches, DistillationModule):
         self.build_objective(step)
         if self.policy is not None:
             self.policy.check(self._text, self.teacher, self.student)
-        if self.topk is not None and stage == "fit" and self.topk.cache is None:
-            self.topk.open(self)
         for split in ("val", "test"):
             metrics = {
                 "student_ppl": Perplexity(ignore_index=IGNORE_INDEX),
@@ -271,6 +272,17 @@ class LMDistillationModule(LMBatches, DistillationModule):
                 "positions": self.position_curves(x, True),
             }
             setattr(self, f"{split}_metrics", nn.ModuleDict(metrics))
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # the teacher checks run first: a refused fit builds no cache
+        if self.topk is None:
+            return
+        strategy = self.trainer.strategy
+        if self.global_rank == 0:  # one rank builds; the others open what it wrote
+            self.topk.open(self)
+        strategy.barrier("kdlight_lm_topk_cache")
+        if self.global_rank != 0:
+            self.topk.open(self)
 
     # -- steps ---------------------------------------------------------------------------------
     def lm_step(self, x: Tensor, labels: Tensor) -> tuple[DistillStep, list[LossTerm]]:

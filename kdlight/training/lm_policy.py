@@ -13,10 +13,12 @@ every rank (the samples differ by rank).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from kdlight.core.modality import Text
@@ -38,10 +40,10 @@ class OnPolicy:
     lmbda: float
     seq_kd: bool
     generation: GenerationSettings
-    seed: int = 0
+    seed: int | None = None  # None: the run's seed (seed_everything), else 0
 
     @classmethod
-    def build(cls, lmbda: float, seq_kd: bool, generation: Any, seed: int) -> OnPolicy | None:
+    def build(cls, lmbda: float, seq_kd: bool, generation: Any, seed: int | None) -> OnPolicy | None:
         """Check the arguments (one line each); ``None`` when no batch is ever generated."""
         if isinstance(lmbda, bool) or not 0.0 <= float(lmbda) <= 1.0:
             raise ValueError(
@@ -60,7 +62,7 @@ class OnPolicy:
             raise ValueError(
                 f"generation must be a GenerationSettings (or a dict of its fields), got {type(generation).__name__}"
             )
-        return cls(float(lmbda), bool(seq_kd), generation, int(seed))
+        return cls(float(lmbda), bool(seq_kd), generation, None if seed is None else int(seed))
 
     def check(self, text: Text | None, teacher: nn.Module, student: nn.Module) -> None:
         """At setup: prompts fit in the data's sequences, prompt plus continuation in the models."""
@@ -78,9 +80,13 @@ class OnPolicy:
                     f"max_new_tokens = {total}; lower generation.prompt_length or max_new_tokens"
                 )
 
+    def base_seed(self) -> int:
+        """``seed``, else the run's seed (``seed_everything``; Lightning's ``PL_GLOBAL_SEED``), else 0."""
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def on_policy(self, step: int) -> bool:
         """Whether the student generates at ``step`` (a fixed function of the seed and the step)."""
-        draw = torch.Generator().manual_seed(self.seed * _STEP_MIX + step)
+        draw = torch.Generator().manual_seed(self.base_seed() * _STEP_MIX + step)
         return bool(torch.rand((), generator=draw) < self.lmbda)
 
     def batch(self, module: Any, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, str]:
@@ -90,9 +96,15 @@ class OnPolicy:
         on_policy = self.on_policy(step)
         if not on_policy and not self.seq_kd:
             return x, labels, "data"
+        if not bool((x[:, : self.generation.prompt_length] != module.pad_id()).all(1).any()):
+            rank_zero_warn(
+                f"a training batch has no sequence of generation.prompt_length={self.generation.prompt_length} real "
+                "tokens, so it trains on the data as it is; lower prompt_length if this repeats"
+            )
+            return x, labels, "data"
         source = "student" if on_policy else "teacher"
         sampler = torch.Generator(device=x.device).manual_seed(
-            (self.seed * _STEP_MIX + step) * 1_009 + int(module.global_rank) + 1
+            (self.base_seed() * _STEP_MIX + step) * 1_009 + int(module.global_rank) + 1
         )
         model = getattr(module, source)
         ids, new_labels = generated_batch(model, x, self.generation, module.pad_id(), eos_id(module._text), sampler)

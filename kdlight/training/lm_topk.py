@@ -1,7 +1,7 @@
 """LMDistillationModule's ``teacher_cache``: the teacher's top-k log-probabilities read from disk.
 
 The cache itself (building, location, keys, the approximation) is
-:mod:`kdlight.training.lm_cache`; this file opens it at ``fit`` setup and turns a training batch
+:mod:`kdlight.training.lm_cache`; this file opens it when ``fit`` starts and turns a training batch
 into the objective's terms with the teacher's side looked up by the batch's sample ``index``.
 Validation and generated batches (on-policy, sequence-level KD) always run the teacher.
 """
@@ -48,6 +48,11 @@ class CachedTeacher:
             raise ValueError(
                 "teacher_cache needs a data module whose training batches carry sample indices into train_inputs() "
                 "(e.g. kdlight.data.code_corpus.PythonSourceCorpus); drop teacher_cache for other data"
+            )
+        if data.augmented:
+            raise ValueError(
+                f"teacher_cache with randomly augmented training data ({type(data.datamodule).__name__}) would give "
+                "stale targets (every view gets the first view's teacher output); turn augmentation off or drop teacher_cache"
             )
         self.cache = open_topk_cache(
             self.location,

@@ -46,4 +46,14 @@ def reinitialized(model: nn.Module, seed: int = 0) -> nn.Module:
                     f"(parameter types {kinds}: {str(err).splitlines()[0][:120]}); give it float parameters or a "
                     "reset_parameters that works for them"
                 ) from err
+        for module in fresh.modules():  # transformers models: layers without reset_parameters (GPT-2's Conv1D, RMSNorm)
+            if _is_hf_model(module):
+                module.apply(module._init_weights)
     return fresh.eval()
+
+
+def _is_hf_model(module: nn.Module) -> bool:
+    """A ``transformers.PreTrainedModel`` (checked by name: transformers is not imported here)."""
+    return callable(getattr(module, "_init_weights", None)) and any(
+        cls.__name__ == "PreTrainedModel" for cls in type(module).__mro__
+    )

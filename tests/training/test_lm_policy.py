@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_lm_module import PAD, CausalMean, TinyLMData, adam
+from test_lm_module import PAD, CausalMean, LMSplit, TinyLMData, adam
 
 from kdlight.functional.lm import forward_kl
 from kdlight.training import LMDistillationModule
@@ -87,3 +87,26 @@ def test_bad_generation_arguments_are_one_line():
     short_student.student.max_length = 10
     with pytest.raises(ValueError, match="student accepts at most max_length=10 tokens but generation makes"):
         tiny_trainer().validate(short_student, datamodule=TinyLMData(n=8), verbose=False)
+
+
+def test_a_batch_without_a_full_prompt_trains_on_the_data_and_warns():
+    data = TinyLMData()
+    short = data.splits["train"].ids.clone()
+    short[:, 6:] = PAD  # every training sequence has at most 6 real tokens
+    data.splits["train"] = LMSplit(short)
+    lm = distiller(lmbda=1.0, generation=GenerationSettings(prompt_length=8, max_new_tokens=1, do_sample=False))
+    trainer = tiny_trainer(max_steps=1, limit_val_batches=0, log_every_n_steps=1)
+    with pytest.warns(UserWarning, match="no sequence of generation.prompt_length=8 real tokens"):
+        trainer.fit(lm, datamodule=data)
+    assert trainer.logged_metrics["train/on_policy"].item() == 0.0
+
+
+def test_the_default_generation_seed_is_the_runs_seed(monkeypatch):
+    policy = distiller(lmbda=0.5, generation=SAMPLED).policy
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    run_seed_1 = [policy.on_policy(s) for s in range(200)]
+    monkeypatch.setenv("PL_GLOBAL_SEED", "2")
+    assert [policy.on_policy(s) for s in range(200)] != run_seed_1
+    assert run_seed_1 == [
+        distiller(lmbda=0.5, generation=SAMPLED, generation_seed=1).policy.on_policy(s) for s in range(200)
+    ]

@@ -34,3 +34,19 @@ def test_a_layer_that_cannot_redraw_its_parameters_is_one_clear_line():
     with pytest.raises(TypeError, match=r"cannot re-draw the parameters of Frozen '1'.*aten.uniform_") as info:
         reinitialized(model)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_transformers_layers_without_reset_parameters_are_redrawn_too(model_type):
+    from kdlight.models import HFCausalLM
+
+    model = HFCausalLM(
+        model_type, vocab_size=40, max_length=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0)  # stands in for training: no fresh initialisation draws values near 3
+    fresh = reinitialized(model, seed=0)
+    for (name, trained), (_, redrawn) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+        assert not torch.equal(trained, redrawn), name
+        assert redrawn.abs().max() < 2.5, name

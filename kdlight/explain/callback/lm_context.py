@@ -197,7 +197,7 @@ class ContextAttribution(Callback):
         at = torch.stack([torch.full_like(last, p) if p >= 0 else last + 1 + p for p in wanted], 1)  # [n, P]
         rows = torch.arange(len(ids)).view(-1, 1).expand_as(at)
         inside = (at >= 0) & (last.view(-1, 1) >= 0)
-        keep = inside & (ids[rows, at.clamp(0, ids.shape[1] - 1)] != modality.pad_id)
+        keep = inside & (labels[rows, at.clamp(0, ids.shape[1] - 1)] != IGNORE_INDEX)  # predicts a real token
         return ids, rows[keep], at[keep]
 
     def run(self, trainer: Trainer, pl_module: LightningModule, split: str) -> dict[str, float]:

@@ -162,3 +162,12 @@ def test_bad_models_and_data_are_refused_in_one_line(corpus, module, data, messa
     with pytest.raises(ValueError, match=message) as err:
         tiny_trainer(callbacks=[callback]).validate(pl_module, datamodule=datamodule, verbose=False)
     assert "\n" not in str(err.value)
+
+
+def test_a_position_that_predicts_no_token_is_skipped(corpus):
+    """The last column of a chunk has no next token (label -100): explaining it would explain nothing."""
+    callback = ContextAttribution(num_probes=2, positions=[5, LENGTH - 1], n_steps=2, log_figures=False)
+    (results,) = tiny_trainer(limit_val_batches=1, callbacks=[callback]).validate(
+        lm_module(), datamodule=corpus, verbose=False
+    )
+    assert results["val/explain_lm/num_positions"] == 2  # position 5 of each probe only
