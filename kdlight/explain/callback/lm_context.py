@@ -232,6 +232,7 @@ class ContextAttribution(Callback):
         artifacts = dict(
             key=key, epoch=epoch, table=table, modality=modality, inputs=drawn,
             maps=(t_maps[:shown].cpu(), s_maps[:shown].cpu()), labels=self._labels(table[:shown]),
+            positions=positions[:shown].cpu(),
         )  # fmt: skip
         if trainer.state.fn == "fit":
             self._pending = artifacts
@@ -281,13 +282,31 @@ class ContextAttribution(Callback):
         ]
 
     @staticmethod
-    def _log_artifacts(trainer: Trainer, key, epoch, table, modality, inputs, maps, labels) -> None:
-        """The per-pair table and, for the pairs kept, the context figure as PNG and HTML."""
+    def _log_artifacts(trainer: Trainer, key, epoch, table, modality, inputs, maps, labels, positions) -> None:
+        """The per-pair table and, for the pairs kept, the context figure: PNG (the last
+        :data:`FIGURE_WINDOW` tokens up to each position) and HTML (the whole context)."""
         log_table(trainer, f"{key}/per_position", table, epoch)
         if not len(inputs):
             return
         title = f"{key} context attribution (epoch {epoch})"
-        image = explanation_image(inputs, *maps, labels=labels, title=title, modality=modality)
+        width = min(FIGURE_WINDOW, inputs.shape[1])
+        ids = context_window(inputs, positions, modality.pad_id, width)
+        windows = [context_window(m, positions, 0.0, width) for m in maps]
+        image = explanation_image(ids, *windows, labels=labels, title=title, modality=modality)
         log_image(trainer, f"{key}/heatmaps", image, epoch)
         page = explanation_html(inputs, *maps, labels=labels, title=title, modality=modality)
         log_html(trainer, f"{key}/heatmaps_html", page, epoch)
+
+
+#: tokens of context drawn in the PNG figure, ending at the explained position
+FIGURE_WINDOW = 48
+
+
+def context_window(values: Tensor, positions: Tensor, fill: float, width: int = FIGURE_WINDOW) -> Tensor:
+    """``[N, width]``: row ``i``'s last ``width`` entries up to and including ``positions[i]``,
+    left-aligned and padded with ``fill`` (the predicting token always shows)."""
+    out = torch.full((len(values), width), fill, dtype=values.dtype)
+    for i, p in enumerate(positions.tolist()):
+        start = max(0, p + 1 - width)
+        out[i, : p + 1 - start] = values[i, start : p + 1]
+    return out

@@ -171,3 +171,11 @@ def test_a_position_that_predicts_no_token_is_skipped(corpus):
         lm_module(), datamodule=corpus, verbose=False
     )
     assert results["val/explain_lm/num_positions"] == 2  # position 5 of each probe only
+
+
+def test_the_figure_window_ends_at_the_explained_position():
+    from kdlight.explain.callback.lm_context import context_window
+
+    values = torch.arange(20).view(1, 20).repeat(2, 1)
+    out = context_window(values, torch.tensor([3, 15]), fill=-1, width=5)
+    assert out.tolist() == [[0, 1, 2, 3, -1], [11, 12, 13, 14, 15]]
