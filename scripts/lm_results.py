@@ -45,6 +45,8 @@ REPO = common.REPO
 CONFIGS = REPO / "configs" / "lm"
 POSITIONS = (31, 63, 126)  # predicting positions explained in each probe chunk (0-based)
 TOP_K = 5
+#: the predicting positions that generated batches train (a 32-token prompt, then 32 new tokens)
+GENERATED_SPAN = range(31, 63)
 IG_STEPS = 16
 RUNS = [  # (config, row label)
     ("teacher", "teacher (4 layers, d=128)"),
@@ -62,6 +64,7 @@ TEACHER = RUNS[0][1]
 CHANCE = "untrained student (chance)"
 COLUMNS = [
     ("ppl", "test ppl", False),
+    ("ppl_span", "ppl, positions 31-62", False),
     ("agreement", "top-1 agreement", True),
     ("kl", "KL(t‖s)", False),
     ("ctx_rank_correlation", "context IG rank corr.", False),
@@ -77,13 +80,19 @@ def next_token_logits(model: nn.Module, ids: Tensor, batch_size: int = 64) -> Te
 
 
 def token_scores(logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """Perplexity, top-1 agreement and KL(t‖s) over the counted positions (labels != -100)."""
+    """Perplexity, top-1 agreement and KL(t‖s) over the counted positions (labels != -100), and the
+    perplexity over the positions ``GENERATED_SPAN`` only."""
     from kdlight.functional.lm import forward_kl
 
     counted = labels != -100
     ce = torch.nn.functional.cross_entropy(logits[counted].double(), labels[counted])
+    span = counted.clone()
+    span[:, : GENERATED_SPAN.start] = False
+    span[:, GENERATED_SPAN.stop :] = False
+    span_ce = torch.nn.functional.cross_entropy(logits[span].double(), labels[span])
     return {
         "ppl": math.exp(ce.item()),
+        "ppl_span": math.exp(span_ce.item()),
         "agreement": (logits.argmax(-1) == teacher_logits.argmax(-1))[counted].float().mean().item(),
         "kl": forward_kl(logits, teacher_logits, labels=labels).item(),
     }
@@ -251,9 +260,10 @@ def render(args, argv, per_seed, facts, elapsed) -> str:
             "Mean ± sample std over seeds. Agreement and KL compare each model with the teacher of the same seed. "
             f"Context IG: integrated gradients ({IG_STEPS} steps, embedding layer, PAD reference) of the teacher's "
             "predicted next token, compared over the context tokens 0..t (rank correlation of |IG|, top-5 agreement); "
-            "the untrained student is the chance level. Minutes per fit (mean over seeds): "
-            + ", ".join(f"{name} {m:.1f}" for name, m in minutes.items())
-            + ".",
+            "the untrained student is the chance level. *ppl, positions 31-62*: perplexity of the predictions "
+            "of tokens 32-63 only, the span that `seq_kd` and `on_policy` batches train (a 32-token prompt and 32 "
+            "generated tokens: 32 counted positions per sequence where the other objectives count 127). "
+            "Minutes per fit (mean over seeds): " + ", ".join(f"{name} {m:.1f}" for name, m in minutes.items()) + ".",
         ]
     )
 

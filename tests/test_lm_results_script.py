@@ -30,6 +30,17 @@ def test_token_scores_count_only_labelled_positions():
     assert scores["agreement"] == pytest.approx(0.0)  # uniform argmax is token 0, the teacher's is 3
 
 
+def test_the_span_perplexity_counts_only_the_generated_span():
+    v, t = 5, 128
+    logits = torch.zeros(1, t, v)
+    logits[0, 31:63, 2] = math.log(4.0)  # p(2) = 4/8 = 1/2 inside the span, uniform outside
+    labels = torch.full((1, t), 2)
+    labels[0, -1] = -100
+    scores = lm_results.token_scores(logits, logits, labels)
+    assert scores["ppl_span"] == pytest.approx(2.0)
+    assert scores["ppl"] == pytest.approx(math.exp((32 * math.log(2) + 95 * math.log(5)) / 127))
+
+
 def test_probe_chunks_only_take_chunks_with_every_explained_position_labelled():
     labels = torch.zeros(6, 128, dtype=torch.long)
     labels[1, 126] = -100  # the last explained position does not count: never a probe
