@@ -19,7 +19,7 @@ from kdlight.core.batch import Batch, as_batch, collate
 from kdlight.core.datamodule import data_capabilities
 from kdlight.explain.callback.measure import Measure, faithfulness_scalars
 from kdlight.explain.callback.outputs import MethodArtifacts, log_scalars
-from kdlight.explain.callback.probes import Probes, ProbeSet, global_mean, global_sum, split_dataset
+from kdlight.explain.callback.probes import Probes, ProbeSet, explained_epoch, global_mean, global_sum, split_dataset
 from kdlight.explain.callback.settings import (
     check_arguments,
     check_settings,
@@ -177,12 +177,8 @@ class ExplanationAgreement(Callback):
             self.run(trainer, pl_module, "val", epoch=self._train_epoch)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
-            return
-        self.run(trainer, pl_module, "val")
+        if explained_epoch(trainer, self.every_n_epochs):
+            self.run(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.run(trainer, pl_module, "test")

@@ -25,7 +25,7 @@ from kdlight.data.lm import IGNORE_INDEX, next_token_labels
 from kdlight.explain.attribution.context import eval_mode
 from kdlight.explain.attribution.context_tokens import check_context_method, context_attributions, context_mask
 from kdlight.explain.callback.outputs import log_scalars
-from kdlight.explain.callback.probes import probe_key, split_dataset
+from kdlight.explain.callback.probes import explained_epoch, probe_key, split_dataset
 from kdlight.explain.callback.settings import metric_specs
 from kdlight.explain.callback.tokens import real_token_groups, top_k_of_real_tokens
 from kdlight.explain.metrics import MetricSpec
@@ -154,12 +154,8 @@ class ContextAttribution(Callback):
         self._chance.clear()  # once per fit
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch:
-            return
-        self.run(trainer, pl_module, "val")
+        if explained_epoch(trainer, self.every_n_epochs):
+            self.run(trainer, pl_module, "val")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._pending is not None and trainer.is_global_zero:

@@ -106,3 +106,12 @@ def gather_in_probe_order(trainer: Trainer, t: Tensor) -> Tensor:
     for rank, part in enumerate(parts):
         out[rank :: len(parts)] = part
     return out
+
+
+def explained_epoch(trainer: Trainer, every_n_epochs: int) -> bool:
+    """Whether this validation run is explained: not the sanity check; in ``fit`` every
+    ``every_n_epochs``-th epoch and the last one; always in ``validate``."""
+    if trainer.sanity_checking:
+        return False
+    last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+    return trainer.state.fn != "fit" or (trainer.current_epoch + 1) % every_n_epochs == 0 or last_epoch
