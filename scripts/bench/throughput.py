@@ -7,6 +7,7 @@ Section 4 (``--device cuda`` only) rides with section 1: bf16-mixed against 32-t
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,8 @@ from bench.workloads import Workload, adam, kd_module, lightning_fit, samples_pe
 VARIANTS = (
     "plain_tensors",
     "plain",
+    "torchdistill",
+    "torchdistill_box",
     "bare_lightning",
     "kdlight",
     "kdlight_nofinite",
@@ -26,9 +29,31 @@ VARIANTS = (
     "kdlight_csv10",
 )
 #: the variants of cifar and --quick runs (the others sit within noise there; --all-variants runs them)
-FEW_VARIANTS = ("plain_tensors", "plain", "bare_lightning", "kdlight", "kdlight_nolog", "kdlight_csv10")
+FEW_VARIANTS = (
+    "plain_tensors",
+    "plain",
+    "torchdistill",
+    "bare_lightning",
+    "kdlight",
+    "kdlight_nolog",
+    "kdlight_csv10",
+)
+#: torchdistill variants: timed only where torchdistill can run (see bench/torchdistill_contender.py)
+TORCHDISTILL = ("torchdistill", "torchdistill_box")
 
 _warmed = False  # whether the one-off untimed pre-pass has run in this process
+_torchdistill = None  # the torchdistill contender, made on first use (it may start a worker process)
+
+
+def torchdistill_contender(cfg):
+    """The :class:`bench.torchdistill_contender.Contender` of this run (its ``skipped`` says why not)."""
+    global _torchdistill
+    if _torchdistill is None:
+        from bench.torchdistill_contender import Contender
+
+        _torchdistill = Contender(cfg)
+        log(f"  {_torchdistill.skipped or _torchdistill.where}")
+    return _torchdistill
 
 
 def kd_step(teacher, student, optimizer, x, y, amp=None) -> None:
@@ -153,6 +178,13 @@ def variants(cfg, wl: Workload) -> dict[str, Callable[[int], float]]:
         "kdlight_csv50": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=50),
         "kdlight_csv10": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=10),
     }
+    if any(v in wl.variants for v in TORCHDISTILL) and not torchdistill_contender(cfg).skipped:
+        td = torchdistill_contender(cfg)
+        found = {
+            **{k: found[k] for k in ("plain_tensors", "plain")},
+            **{v: functools.partial(td.fit, wl, v) for v in TORCHDISTILL},
+            **found,
+        }
     found = {k: v for k, v in found.items() if k in wl.variants}
     if cfg.device == "cuda":
         found["kdlight_bf16"] = lambda e: lightning_fit(cfg, wl, kd_module(wl), e, precision="bf16-mixed")
@@ -166,7 +198,7 @@ def run(cfg, wl: Workload) -> dict[str, list[float]]:
     fits = variants(cfg, wl)
     results: dict[str, list[float]] = {name: [] for name in fits}
     for name, fn in fits.items():  # one untimed 2-epoch pass (imports, caches, CUDA init)
-        if cfg.device == "cuda" or (name in ("plain_tensors", "plain", "kdlight") and not _warmed):
+        if cfg.device == "cuda" or (name in ("plain_tensors", "plain", "kdlight", *TORCHDISTILL) and not _warmed):
             fn(2)
     _warmed = True
     for r in range(wl.repeats):  # interleaved, so drifting background load hits all alike
@@ -216,13 +248,23 @@ def rows(wl_name: str, tp: dict[str, list[float]]) -> list[Row]:
     )
     if base_key != "plain":
         tp_row("plain", "hand-written loop over the data module's DataLoader")
-    tp_row("torchdistill", "torchdistill, same maths")
+    tp_row("torchdistill", "torchdistill DistillationBox + KDLoss, its example's train loop")
+    tp_row("torchdistill_box", "torchdistill DistillationBox + KDLoss, box calls only")
     tp_row("bare_lightning", "bare LightningModule, same maths, no log/metrics")
     k = med["kdlight"] / base
     goal = 0.90 if wl_name == "digits" else 0.97
     tp_row(
         "kdlight", "kdlight fit, logger=False (defaults)", goal=f">= {goal:.2f}: {'met' if k >= goal else 'NOT met'}"
     )
+    if "torchdistill" in med:
+        ahead = med["kdlight"] / med["torchdistill"]
+        tp_row(
+            "kdlight",
+            "kdlight fit vs torchdistill (its example's train loop)",
+            "torchdistill",
+            f"torchdistill {med['torchdistill']:,.0f}",
+            goal=f"> 1.00: {'met' if ahead > 1 else 'NOT met'}",
+        )
     tp_row("kdlight_nofinite", "kdlight fit, check_finite=False")
     tp_row("kdlight_nolog", "kdlight fit without training logs (record_training no-op)")
     tp_row("kdlight_csv50", "kdlight fit + CSVLogger (log_every_n_steps=50)")
@@ -253,9 +295,10 @@ def rows(wl_name: str, tp: dict[str, list[float]]) -> list[Row]:
 
 
 def notes(cfg) -> list[str]:
+    skipped = TORCHDISTILL if torchdistill_contender(cfg).skipped else ()
     per = "; ".join(
         f"{wl.name}: median of {wl.repeats} fits per variant, each 1 warm-up + {wl.epochs} timed epoch(s), "
-        f"variants {', '.join(v for v in VARIANTS if v in wl.variants)}"
+        f"variants {', '.join(v for v in VARIANTS if v in wl.variants and v not in skipped)}"
         for wl in cfg.workloads.values()
     )
     return [
@@ -265,5 +308,19 @@ def notes(cfg) -> list[str]:
         "same over the data module's train_dataloader, with the same models and objective. "
         "'without training logs' = DistillationModule subclass whose record_training does nothing (no "
         "train loss/acc logs, and so no finite check). "
-        f"Clock: {'process CPU time (KDLIGHT_BENCH_CLOCK=cpu)' if CLOCK == 'cpu' else 'wall time'}."
+        f"Clock: {'process CPU time (KDLIGHT_BENCH_CLOCK=cpu)' if CLOCK == 'cpu' else 'wall time'}.",
+        torchdistill_note(cfg),
     ]
+
+
+def torchdistill_note(cfg) -> str:
+    td = torchdistill_contender(cfg)
+    if td.skipped:
+        return td.skipped + "."
+    return (
+        f"torchdistill: {td.where}; the same teacher (eval, frozen), student, training tensors and Adam(3e-3), "
+        "its DistillationBox built from a YAML train config (RandomSampler over an in-memory TensorDataset, batch "
+        "size as above, WeightedSumLoss of KDLoss(T=4, alpha=0.1) = 0.1 CE + 0.9 KD); 'its example's train loop' = "
+        "train_one_epoch of torchdistill's examples/torchvision/image_classification.py (MetricLogger, loss.item(), "
+        "NaN check), 'box calls only' = forward_process + post_forward_process per batch."
+    )
