@@ -4,14 +4,16 @@ has (W&B, TensorBoard, CSV files)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+if TYPE_CHECKING:  # pandas costs ~0.3 s to import: `kdlight --help` and config errors do without it
+    import pandas as pd
 
 #: W&B config key (and file name stem in the W&B run's files) of the resolved LightningCLI config
 CLI_CONFIG_KEY = "cli_config"
