@@ -53,6 +53,15 @@ PARAMETERS: dict[str, dict] = {
         "NUM_EXAMPLES": 2,
         "OUT_DIR": "{workdir}/runs/shortcut",
     },
+    "language_models.ipynb": {
+        "TEACHER_EPOCHS": 1,
+        "STUDENT_EPOCHS": 1,
+        "LIMIT_TRAIN_BATCHES": 2,
+        "MAX_FILES": 4,
+        "NUM_PROBES": 2,
+        "OBJECTIVES": ["fkl", "rkl"],
+        "OUT_DIR": "{workdir}/runs/language_models",
+    },
 }
 #: notebooks whose outputs a notebook needs (run first, in the same working directory)
 NEEDS = {"explanation_agreement.ipynb": ["quickstart.ipynb"], "sweep.ipynb": ["quickstart.ipynb"]}
@@ -62,6 +71,7 @@ BAD_VALUES = {
     "explanation_agreement.ipynb": {"SAMPLE_INDICES": [-1]},
     "sweep.ipynb": {"TRIALS": 0},
     "shortcut.ipynb": {"STUDENT_EPOCHS": 0},
+    "language_models.ipynb": {"OBJECTIVES": ["fkl", "kd"]},
 }
 
 _strip = importlib.util.spec_from_file_location("strip_notebooks", REPO / "scripts" / "strip_notebooks.py")
