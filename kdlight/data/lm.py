@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from kdlight.data.text import TokenDataset
 
 #: the label of a position that predicts nothing (Hugging Face / ``F.cross_entropy`` default)
 IGNORE_INDEX = -100
@@ -42,17 +43,12 @@ def chunk_sequence(ids: Tensor, length: int, pad_id: int, min_tokens: int = 2) -
     return chunks
 
 
-class LMDataset(Dataset):
+class LMDataset(TokenDataset):
     """Named samples ``{"inputs": ids [T], "attention_mask": ids != pad_id, "labels": [T]}`` of one split."""
+
+    label_key = "labels"
 
     def __init__(self, ids: Tensor, labels: Tensor, pad_id: int) -> None:
         if ids.shape != labels.shape:
             raise ValueError(f"ids {list(ids.shape)} and labels {list(labels.shape)} must have the same shape")
-        self.ids, self.labels, self.pad_id = ids, labels, pad_id
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        ids = self.ids[index]
-        return {"inputs": ids, "attention_mask": ids != self.pad_id, "labels": self.labels[index]}
+        super().__init__(ids, labels, pad_id)

@@ -37,7 +37,10 @@ def vocab_fingerprint(vocab: Sequence[str]) -> str:
 
 
 class TokenDataset(Dataset):
-    """Named samples ``{"inputs": ids [T], "attention_mask": ids != pad_id, "target"}`` of one split."""
+    """Named samples ``{"inputs": ids [T], "attention_mask": ids != pad_id, <label_key>}`` of one split
+    (``label_key``: ``"target"``, a class per sequence)."""
+
+    label_key = "target"
 
     def __init__(self, ids: Tensor, labels: Tensor, pad_id: int) -> None:
         self.ids, self.labels, self.pad_id = ids, labels, pad_id
@@ -47,7 +50,7 @@ class TokenDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         ids = self.ids[index]
-        return {"inputs": ids, "attention_mask": ids != self.pad_id, "target": self.labels[index]}
+        return {"inputs": ids, "attention_mask": ids != self.pad_id, self.label_key: self.labels[index]}
 
 
 class TextDataModule(ArrayDataModule):

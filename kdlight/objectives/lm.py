@@ -175,13 +175,15 @@ class NextTokenCE(Objective):
         return [self.term("ce", value, self.weight, step)]
 
 
-def next_token_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean token cross-entropy (float32) of ``logits`` ``[B, T, V]`` over positions whose label is not -100."""
-    if not bool((labels != IGNORE_INDEX).any()):
+def next_token_ce(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Token cross-entropy (float32, float64 kept) of ``logits`` ``[B, T, V]``: the mean over positions
+    whose label is not -100, or with ``reduction="none"`` per token ``[B, T]`` (0 where the label is -100)."""
+    if reduction == "mean" and not bool((labels != IGNORE_INDEX).any()):
         raise ValueError(
             "next-token cross-entropy: every label is -100, so no position counts; check that the batch's labels "
             "are the shifted inputs (-100 only at padding and the last position)"
         )
     flat = logits.flatten(0, 1)
     flat = flat if flat.dtype == torch.float64 else flat.float()
-    return F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE_INDEX)
+    ce = F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
+    return ce if reduction == "mean" else ce.view(labels.shape)

@@ -6,7 +6,6 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
@@ -102,13 +101,6 @@ class LMBatches:
         self.finish_positions("test")
 
 
-def token_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-token cross-entropy ``[B, T]`` (float32, float64 kept), 0 where the label is -100."""
-    flat = logits.flatten(0, 1)
-    flat = flat if flat.dtype == torch.float64 else flat.float()
-    return F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-
-
 class LMModule(LMBatches, SupervisedBase):
     """Train one causal LM ``model`` on next-token prediction: teachers and scratch baselines.
 
@@ -162,7 +154,7 @@ class LMModule(LMBatches, SupervisedBase):
         x, labels = self.lm_inputs(batch)
         logits = self.model(x)
         counted = labels != IGNORE_INDEX
-        ce = token_ce(logits, labels)
+        ce = next_token_ce(logits, labels, reduction="none")
         metrics = getattr(self, f"{split}_metrics")
         metrics["positions"].update(counted, ce)
         tokens = int(counted.sum())
@@ -312,7 +304,7 @@ class LMDistillationModule(LMBatches, DistillationModule):
         s_logits, t_logits = self.student(x), self._validation_teacher(x, split, batch_idx)
         self._student_taps.pop(), self._teacher_taps.pop()
         counted = labels != IGNORE_INDEX
-        ce = token_ce(s_logits, labels)
+        ce = next_token_ce(s_logits, labels, reduction="none")
         kl = forward_kl(s_logits, t_logits, labels=labels, reduction="none")
         agree = s_logits.argmax(-1) == t_logits.argmax(-1)
         metrics = getattr(self, f"{split}_metrics")

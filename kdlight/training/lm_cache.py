@@ -36,10 +36,11 @@ from torch import Tensor, nn
 
 from kdlight.core.schedules import Schedule
 from kdlight.core.step import DistillStep, LossTerm
+from kdlight.explain.attribution.context import eval_mode
 from kdlight.functional.lm_topk import topk_forward_kl, topk_logprobs
 from kdlight.objectives import Composite, Objective
 from kdlight.objectives.lm import NextTokenCE, TokenKL
-from kdlight.training.teacher_cache import STALE_TEMP_SECONDS, _host, _pid_alive, data_fingerprint, teacher_fingerprint
+from kdlight.training.teacher_cache import data_fingerprint, remove_stale_temps, teacher_fingerprint, temp_sibling
 
 __all__ = [
     "TopKTeacherCache",
@@ -170,7 +171,7 @@ def open_topk_cache(
     target = root / f"topk{k}-{digest}"
     built = False
     if not (target / MANIFEST).is_file():
-        _remove_stale_builds(root)
+        remove_stale_temps(root, ".topk*.tmp-*")
         _build(target, key, teacher, inputs, int(pad_id), batch_size, teacher_device)
         built = True
     manifest = _read_manifest(target)
@@ -241,16 +242,15 @@ def _build(
     """Run the teacher over ``inputs`` and write the cache to ``target`` atomically (temp dir, rename)."""
     count, length = inputs.shape
     k, temperature = key["k"], key["temperature"]
-    temp = target.with_name(f".{target.name}.tmp-{_host()}-{os.getpid()}")
-    start, was_training = time.perf_counter(), teacher.training
+    temp = temp_sibling(target, prefix=".")
+    start = time.perf_counter()
     try:
         temp.mkdir(parents=True)
         shape = (count, length, k)
         logprobs = np.lib.format.open_memmap(temp / "logprobs.npy", "w+", STORAGE_DTYPES[key["storage"]], shape)
         ids = np.lib.format.open_memmap(temp / "ids.npy", "w+", np.int32, shape)
-        teacher.eval()
         vocab = None
-        with torch.no_grad():
+        with eval_mode(teacher), torch.no_grad():
             for first in range(0, count, max(1, int(batch_size))):
                 logits = teacher(inputs[first : first + batch_size].to(device))
                 rows = min(batch_size, count - first)
@@ -282,23 +282,7 @@ def _build(
             if not (target / MANIFEST).is_file():  # not another builder that finished first
                 raise
     finally:
-        teacher.train(was_training)
         shutil.rmtree(temp, ignore_errors=True)  # only left when the build failed or lost the race
-
-
-def _remove_stale_builds(root: Path, max_age: float = STALE_TEMP_SECONDS) -> None:
-    """Delete temp build directories in ``root`` whose writer (this host) is gone, or untouched for ``max_age`` s."""
-    if not root.is_dir():
-        return
-    host, now = _host(), time.time()
-    for temp in root.glob(".topk*.tmp-*"):
-        writer_host, _, pid = temp.name.rsplit(".tmp-", 1)[1].rpartition("-")
-        try:
-            dead = writer_host == host and pid.isdigit() and not _pid_alive(int(pid))
-            if dead or now - temp.stat().st_mtime > max_age:
-                shutil.rmtree(temp)
-        except OSError:
-            continue  # removed by another process meanwhile
 
 
 def _version() -> str:

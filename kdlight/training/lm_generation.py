@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from kdlight.data.lm import IGNORE_INDEX
+from kdlight.explain.attribution.context import eval_mode
 
-__all__ = ["GenerationSettings", "generated_batch", "sample_continuations"]
+__all__ = ["GenerationSettings", "generated_batch", "prompt_rows", "sample_continuations"]
 
 
 @dataclass
@@ -110,34 +111,28 @@ def generate(
     """
     check_prompts(model, prompts, settings, pad_id)
     warpers = logits_warpers(settings) if settings.do_sample else []
-    modes = {module: module.training for module in model.modules()}
     batch = prompts.shape[0]
     sequence = prompts.clone()
     counted = torch.zeros(batch, dtype=torch.long, device=prompts.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompts.device)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _ in range(settings.max_new_tokens):
-                if finished.all():
-                    break
-                scores = model(sequence)[:, -1, :].float()
-                for warper in warpers:
-                    scores = warper(sequence, scores)
-                if settings.do_sample:
-                    token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-                else:
-                    token = scores.argmax(-1)
-                token = token.masked_fill(finished, pad_id)
-                ends = token == pad_id if eos_id is None else (token == pad_id) | (token == eos_id)
-                counted += (~finished & (token != pad_id)).long()
-                if eos_id is not None and eos_id == pad_id:  # an eos that is also the padding id counts
-                    counted += (~finished & (token == eos_id)).long()
-                finished |= ends
-                sequence = torch.cat([sequence, token[:, None]], dim=1)
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    with eval_mode(model), torch.no_grad():
+        for _ in range(settings.max_new_tokens):
+            if finished.all():
+                break
+            scores = model(sequence)[:, -1, :].float()
+            for warper in warpers:
+                scores = warper(sequence, scores)
+            if settings.do_sample:
+                token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+            else:
+                token = scores.argmax(-1)
+            token = token.masked_fill(finished, pad_id)
+            ends = token == pad_id if eos_id is None else (token == pad_id) | (token == eos_id)
+            counted += (~finished & (token != pad_id)).long()
+            if eos_id is not None and eos_id == pad_id:  # an eos that is also the padding id counts
+                counted += (~finished & (token == eos_id)).long()
+            finished |= ends
+            sequence = torch.cat([sequence, token[:, None]], dim=1)
     missing = prompts.shape[1] + settings.max_new_tokens - sequence.shape[1]
     if missing:
         sequence = torch.cat([sequence, sequence.new_full((batch, missing), pad_id)], dim=1)
@@ -162,6 +157,13 @@ def sample_continuations(
     return generate(model, prompts, settings, pad_id, eos_id, generator)[0]
 
 
+def prompt_rows(ids: Tensor, prompt_length: int, pad_id: int) -> Tensor:
+    """``[B]`` bool: the rows of ``ids`` whose first ``prompt_length`` tokens are all real (none if ``T`` is shorter)."""
+    if ids.shape[1] < prompt_length:
+        return ids.new_zeros(len(ids), dtype=torch.bool)
+    return (ids[:, :prompt_length] != pad_id).all(dim=1)
+
+
 def generated_batch(
     model: nn.Module,
     ids: Tensor,
@@ -180,9 +182,7 @@ def generated_batch(
     if ids.dim() != 2:
         raise ValueError(f"ids must be token ids [B, T], got {list(ids.shape)}")
     length = settings.prompt_length
-    full = (
-        (ids[:, :length] != pad_id).all(dim=1) if ids.shape[1] >= length else ids.new_zeros(len(ids), dtype=torch.bool)
-    )
+    full = prompt_rows(ids, length, pad_id)
     if not full.any():
         longest = int((ids != pad_id).sum(dim=1).max()) if ids.numel() else 0
         raise ValueError(

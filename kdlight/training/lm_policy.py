@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from kdlight.core.modality import Text
 from kdlight.data.lm import IGNORE_INDEX
-from kdlight.training.lm_generation import GenerationSettings, generated_batch
+from kdlight.training.lm_generation import GenerationSettings, generated_batch, prompt_rows
 
 __all__ = ["OnPolicy"]
 
@@ -96,7 +96,7 @@ class OnPolicy:
         on_policy = self.on_policy(step)
         if not on_policy and not self.seq_kd:
             return x, labels, "data"
-        if not bool((x[:, : self.generation.prompt_length] != module.pad_id()).all(1).any()):
+        if not bool(prompt_rows(x, self.generation.prompt_length, module.pad_id()).any()):
             rank_zero_warn(
                 f"a training batch has no sequence of generation.prompt_length={self.generation.prompt_length} real "
                 "tokens, so it trains on the data as it is; lower prompt_length if this repeats"

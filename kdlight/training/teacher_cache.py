@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import socket
 import time
 import warnings
@@ -103,7 +104,7 @@ class TeacherCache:
 
     def _temp_path(self) -> Path:
         """Where this process writes before renaming: same directory, tagged with host and pid."""
-        return self.path.with_name(f"{self.path.name}.tmp-{_host()}-{os.getpid()}")
+        return temp_sibling(self.path)
 
     def _mismatch(self, stored: dict[str, Any]) -> list[str]:
         """What the stored key was built for that differs from this cache's key."""
@@ -234,23 +235,32 @@ class TeacherCache:
         self.saved = True
 
 
-def remove_stale_temps(directory: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Delete ``teacher_cache_*.pt.tmp-<host>-<pid>`` files in ``directory`` left by killed writers.
+def temp_sibling(path: Path, prefix: str = "") -> Path:
+    """Where this process writes ``path`` before renaming it into place: same directory, tagged with
+    host and pid (``<prefix><name>.tmp-<host>-<pid>``), so :func:`remove_stale_temps` can tell whose it is."""
+    return path.with_name(f"{prefix}{path.name}.tmp-{_host()}-{os.getpid()}")
 
-    A temp file is stale when its writer (same host) is no longer running, or when it has not been
-    touched for ``max_age`` seconds (any host). Readers never read temp files either way.
+
+def remove_stale_temps(
+    directory: Path, pattern: str = "teacher_cache_*.pt.tmp-*", max_age: float = STALE_TEMP_SECONDS
+) -> list[Path]:
+    """Delete temp files or directories ``pattern`` (named by :func:`temp_sibling`) in ``directory``
+    left by killed writers.
+
+    A temp is stale when its writer (same host) is no longer running, or when it has not been
+    touched for ``max_age`` seconds (any host). Readers never read temps either way.
     Returns the removed paths."""
     removed = []
     if not directory.is_dir():
         return removed
     host, now = _host(), time.time()
-    for tmp in directory.glob("teacher_cache_*.pt.tmp-*"):
+    for tmp in directory.glob(pattern):
         tag = tmp.name.rsplit(".tmp-", 1)[1]
         writer_host, _, pid = tag.rpartition("-")
         try:
             dead = writer_host == host and pid.isdigit() and not _pid_alive(int(pid))
             if dead or now - tmp.stat().st_mtime > max_age:
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
                 removed.append(tmp)
         except OSError:
             continue  # gone already (another rank cleaned it) or not ours to remove

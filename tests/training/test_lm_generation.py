@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from kdlight.data.lm import IGNORE_INDEX
 from kdlight.models import CausalTransformer, HFCausalLM
-from kdlight.training.lm_generation import GenerationSettings, generated_batch, sample_continuations
+from kdlight.training.lm_generation import GenerationSettings, generated_batch, prompt_rows, sample_continuations
 
 VOCAB, PAD, EOS = 12, 0, 2
 
@@ -227,3 +227,9 @@ def test_settings_parse_as_an_init_argument():
     parser.add_class_arguments(Module, "model")
     config = parser.parse_object({"model": {"generation": {"max_new_tokens": 4, "temperature": 0.7}}})
     assert instantiate(parser, config).model.generation == GenerationSettings(max_new_tokens=4, temperature=0.7)
+
+
+def test_prompt_rows_are_the_rows_whose_whole_prompt_is_real():
+    ids = torch.tensor([[5, 6, 7, PAD], [5, PAD, PAD, PAD], [5, 6, 7, 8]])
+    assert prompt_rows(ids, 3, PAD).tolist() == [True, False, True]
+    assert prompt_rows(ids, 5, PAD).tolist() == [False, False, False]  # a batch narrower than the prompt

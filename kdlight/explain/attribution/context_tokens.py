@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlight.explain.attribution.context import Placement, attribution_context
-from kdlight.explain.attribution.tokens import embedding_layer
+from kdlight.explain.attribution.tokens import embedding_layer, token_vector_maps
 
 __all__ = [
     "CONTEXT_METHODS",
@@ -166,7 +166,7 @@ def context_attributions(
             if internal_batch_size is not None:
                 kwargs["internal_batch_size"] = max(internal_batch_size, len(ids))
         vectors = explainer.attribute(ids, **kwargs).float()
-    maps = vectors.sum(-1) if multiply else vectors.norm(dim=-1)
+    maps = token_vector_maps(vectors, valid, magnitude=not multiply)
     context = context_mask(ids, positions, pad_id)
     _check_causal(model, maps, context, positions)
     return maps.masked_fill(~context, 0.0).detach()

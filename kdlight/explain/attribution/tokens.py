@@ -55,6 +55,7 @@ __all__ = [
     "layer_attributions",
     "per_sequence",
     "token_map",
+    "token_vector_maps",
 ]
 
 #: what a differentiable token map multiplies the embedding-output gradient by
@@ -144,7 +145,7 @@ def _keep_padding(ids: Tensor, valid: Tensor, baselines: Tensor) -> Tensor:
     return torch.where(valid, baselines.expand_as(ids), ids)
 
 
-def _reduce(vectors: Tensor, valid: Tensor, magnitude: bool = False) -> Tensor:
+def token_vector_maps(vectors: Tensor, valid: Tensor, magnitude: bool = False) -> Tensor:
     """Per-token vectors ``[N, T, D]`` -> maps ``[N, T]``, 0 at padding: summed over the hidden
     dimension (contributions: gradient x embedding, IG), or, with ``magnitude``, its L2 norm (a bare
     gradient: its sum is about 0 whenever a LayerNorm reads the embeddings, as in every transformer)."""
@@ -177,7 +178,7 @@ def layer_attributions(
         )
     valid, layer = modality.valid(ids), embedding_layer(model)
     if variant == "LayerGradientShap":
-        return _reduce(_expected_gradients(model, layer, ids, valid, target, baselines, config), valid)
+        return token_vector_maps(_expected_gradients(model, layer, ids, valid, target, baselines, config), valid)
     captum_class = getattr(captum.attr, variant, None)
     if captum_class is None:
         raise ValueError(f"{config.method}'s layer_variant {variant!r} is not a class of captum.attr")
@@ -189,7 +190,7 @@ def layer_attributions(
         if config.internal_batch_size is not None:
             kwargs["internal_batch_size"] = max(config.internal_batch_size, ids.shape[0])
     explainer = captum_class(model, layer, multiply_by_inputs=not method.local)
-    return _reduce(explainer.attribute(ids, target=target, **kwargs), valid, magnitude=method.local)
+    return token_vector_maps(explainer.attribute(ids, target=target, **kwargs), valid, magnitude=method.local)
 
 
 def _expected_gradients(
@@ -331,7 +332,11 @@ def _token_map(
     if kind != "integrated_gradients":
         point = embedded if embedded.requires_grad else embedded.detach().requires_grad_(True)
         grad = gradient_at_embeddings(model, ids, point, target, create_graph=create_graph)
-        return _reduce(grad, valid, magnitude=True) if kind == "gradient" else _reduce(point * grad, valid)
+        return (
+            token_vector_maps(grad, valid, magnitude=True)
+            if kind == "gradient"
+            else token_vector_maps(point * grad, valid)
+        )
     base = torch.full_like(ids, reference_id) if baseline is None else baseline.to(ids)
     reference = layer(_keep_padding(ids, valid, base))
     diff = embedded - reference
@@ -341,4 +346,4 @@ def _token_map(
     grad = gradient_at_embeddings(
         model, ids.repeat(n_steps, 1), path, target.repeat(n_steps), create_graph=create_graph
     )
-    return _reduce(diff * grad.view(n_steps, *diff.shape).mean(0), valid)
+    return token_vector_maps(diff * grad.view(n_steps, *diff.shape).mean(0), valid)
