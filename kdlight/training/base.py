@@ -21,6 +21,7 @@ from kdlight.core.errors import check_finite_loss
 from kdlight.core.modality import Text
 from kdlight.core.rng import rng_state, set_rng_state
 from kdlight.models.outputs import logits_of, return_logits
+from kdlight.training.fast_log import skip_redundant_result_moves
 
 try:  # set by LightningCLI while it instantiates the model: the config with class paths
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -126,6 +127,7 @@ class SupervisedBase(LightningModule):
         num_classes: int | None,
     ) -> None:
         super().__init__()
+        skip_redundant_result_moves()  # self.log without Lightning's per-call deep copy (fast_log.py)
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"lr_scheduler_interval must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
         if num_classes is not None and num_classes < 2:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -22,11 +23,14 @@ VARIANTS = (
     "torchdistill",
     "torchdistill_box",
     "bare_lightning",
+    "bare_manual",
+    "bare_raw_optimizer",
     "kdlight",
     "kdlight_nofinite",
     "kdlight_nolog",
     "kdlight_csv50",
     "kdlight_csv10",
+    "kdlight_csv10_lightning_log",
 )
 #: the variants of cifar and --quick runs (the others sit within noise there; --all-variants runs them)
 FEW_VARIANTS = (
@@ -34,6 +38,7 @@ FEW_VARIANTS = (
     "plain",
     "torchdistill",
     "bare_lightning",
+    "bare_raw_optimizer",
     "kdlight",
     "kdlight_nolog",
     "kdlight_csv10",
@@ -153,6 +158,49 @@ def bare_module_cls():
     return BareKD
 
 
+def manual_module_cls(raw: bool):
+    """The bare module with manual optimisation: ``manual_backward`` and ``LightningOptimizer.step``,
+    or (``raw``) ``loss.backward()`` and the torch optimizer's own ``step`` (no precision plugin, no
+    optimizer hooks). Lightning's per-batch loop around ``training_step`` is all that is left."""
+    bare = bare_module_cls()
+
+    class ManualKD(bare):
+        def __init__(self, teacher, student) -> None:
+            super().__init__(teacher, student)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            if raw:
+                optimizer = optimizer.optimizer
+            loss = super().training_step(batch, batch_idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward() if raw else self.manual_backward(loss)
+            optimizer.step()
+
+    return ManualKD
+
+
+@contextlib.contextmanager
+def lightning_log_path():
+    """Lightning's own ``_ResultMetric.to`` (its per-call copy) instead of kdlight's fast path
+    (``KDLIGHT_FAST_LOG=0`` keeps kdlight modules built inside from installing it again)."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    fast = result._ResultMetric.to
+    switch = os.environ.get("KDLIGHT_FAST_LOG")
+    result._ResultMetric.to = getattr(fast, "__wrapped__", fast)
+    os.environ["KDLIGHT_FAST_LOG"] = "0"
+    try:
+        yield
+    finally:
+        result._ResultMetric.to = fast
+        if switch is None:
+            os.environ.pop("KDLIGHT_FAST_LOG")
+        else:
+            os.environ["KDLIGHT_FAST_LOG"] = switch
+
+
 def no_training_logs_cls():
     """kdlight's DistillationModule with its public ``record_training`` as a no-op (a subclass
     made here; kdlight is not changed): no train loss/weight logs, no train acc/F1 confusion
@@ -166,17 +214,25 @@ def no_training_logs_cls():
     return NoTrainingLogs
 
 
+def csv10_lightning_log(cfg, wl: Workload, epochs: int) -> float:
+    with lightning_log_path():
+        return lightning_fit(cfg, wl, kd_module(wl), epochs, logger="csv", log_every_n_steps=10)
+
+
 def variants(cfg, wl: Workload) -> dict[str, Callable[[int], float]]:
     """name -> fn(epochs) returning train samples/s."""
     found = {
         "plain_tensors": lambda e: tensor_loop(cfg, wl, e),
         "plain": lambda e: plain_loop(cfg, wl, e),
         "bare_lightning": lambda e: lightning_fit(cfg, wl, bare_module_cls()(*wl.models()), e),
+        "bare_manual": lambda e: lightning_fit(cfg, wl, manual_module_cls(raw=False)(*wl.models()), e),
+        "bare_raw_optimizer": lambda e: lightning_fit(cfg, wl, manual_module_cls(raw=True)(*wl.models()), e),
         "kdlight": lambda e: lightning_fit(cfg, wl, kd_module(wl), e),
         "kdlight_nofinite": lambda e: lightning_fit(cfg, wl, kd_module(wl, check_finite=False), e),
         "kdlight_nolog": lambda e: lightning_fit(cfg, wl, kd_module(wl, cls=no_training_logs_cls()), e),
         "kdlight_csv50": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=50),
         "kdlight_csv10": lambda e: lightning_fit(cfg, wl, kd_module(wl), e, logger="csv", log_every_n_steps=10),
+        "kdlight_csv10_lightning_log": lambda e: csv10_lightning_log(cfg, wl, e),
     }
     if any(v in wl.variants for v in TORCHDISTILL) and not torchdistill_contender(cfg).skipped:
         td = torchdistill_contender(cfg)
@@ -251,6 +307,8 @@ def rows(wl_name: str, tp: dict[str, list[float]]) -> list[Row]:
     tp_row("torchdistill", "torchdistill DistillationBox + KDLoss, its example's train loop")
     tp_row("torchdistill_box", "torchdistill DistillationBox + KDLoss, box calls only")
     tp_row("bare_lightning", "bare LightningModule, same maths, no log/metrics")
+    tp_row("bare_manual", "bare LightningModule, manual optimisation (manual_backward, LightningOptimizer)")
+    tp_row("bare_raw_optimizer", "bare LightningModule, manual optimisation stepping the torch optimizer itself")
     k = med["kdlight"] / base
     goal = 0.90 if wl_name == "digits" else 0.97
     tp_row(
@@ -269,6 +327,16 @@ def rows(wl_name: str, tp: dict[str, list[float]]) -> list[Row]:
     tp_row("kdlight_nolog", "kdlight fit without training logs (record_training no-op)")
     tp_row("kdlight_csv50", "kdlight fit + CSVLogger (log_every_n_steps=50)")
     tp_row("kdlight_csv10", "kdlight fit + CSVLogger (log_every_n_steps=10, kd.yaml)")
+    tp_row(
+        "kdlight_csv10_lightning_log",
+        "kdlight fit + CSVLogger(10), Lightning's own self.log path (no fast_log)",
+    )
+    tp_row(
+        "kdlight_csv10",
+        "fast_log gain: kdlight+CSV(10) vs the same with Lightning's own self.log path",
+        "kdlight_csv10_lightning_log",
+        f"Lightning's log path {med.get('kdlight_csv10_lightning_log', float('nan')):,.0f}",
+    )
     if "kdlight_nolog" in med:
         tp_row(
             "kdlight",
