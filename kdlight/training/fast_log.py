@@ -34,16 +34,18 @@ def _kind(cls: type) -> str:
     """How Lightning's ``apply_to_collection`` treats a value of this type (decided once per type)."""
     if issubclass(cls, torch.Tensor):
         return "tensor"
-    if issubclass(cls, Metric):
-        return "metric"
-    if issubclass(cls, (str, bytes)):
+    if issubclass(cls, torch.nn.Module):  # Metric is an ABC: only modules are asked about it
+        return "metric" if issubclass(cls, Metric) else "leaf"
+    if dataclasses.is_dataclass(cls):
+        return "dataclass"
+    # a mapping or sequence has __getitem__; asking an ABC about another type can take 0.2 s (once
+    # per type) when many classes derive from it
+    if not hasattr(cls, "__getitem__") or issubclass(cls, (str, bytes)):
         return "leaf"
     if issubclass(cls, Mapping):
         return "mapping"
     if issubclass(cls, Sequence):
         return "sequence"
-    if dataclasses.is_dataclass(cls):
-        return "dataclass"
     return "leaf"
 
 
