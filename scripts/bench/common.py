@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -101,3 +102,23 @@ def fmt_ratio(x: float) -> str:
 def log(msg: str) -> None:
     """Progress, to stderr."""
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def lightning_log_path():
+    """Lightning's own ``_ResultMetric.to`` (its per-call copy) instead of kdlight's fast path
+    (``KDLIGHT_FAST_LOG=0`` keeps kdlight modules built inside from installing it again)."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    fast = result._ResultMetric.to
+    switch = os.environ.get("KDLIGHT_FAST_LOG")
+    result._ResultMetric.to = getattr(fast, "__wrapped__", fast)
+    os.environ["KDLIGHT_FAST_LOG"] = "0"
+    try:
+        yield
+    finally:
+        result._ResultMetric.to = fast
+        if switch is None:
+            os.environ.pop("KDLIGHT_FAST_LOG")
+        else:
+            os.environ["KDLIGHT_FAST_LOG"] = switch

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import CLOCK, Row, fmt_ratio, log, median, now, sync
+from bench.common import CLOCK, Row, fmt_ratio, lightning_log_path, log, median, now, sync
 from bench.workloads import Workload, adam, kd_module, lightning_fit, samples_per_s
 
 VARIANTS = (
@@ -179,26 +178,6 @@ def manual_module_cls(raw: bool):
             optimizer.step()
 
     return ManualKD
-
-
-@contextlib.contextmanager
-def lightning_log_path():
-    """Lightning's own ``_ResultMetric.to`` (its per-call copy) instead of kdlight's fast path
-    (``KDLIGHT_FAST_LOG=0`` keeps kdlight modules built inside from installing it again)."""
-    from lightning.pytorch.trainer.connectors.logger_connector import result
-
-    fast = result._ResultMetric.to
-    switch = os.environ.get("KDLIGHT_FAST_LOG")
-    result._ResultMetric.to = getattr(fast, "__wrapped__", fast)
-    os.environ["KDLIGHT_FAST_LOG"] = "0"
-    try:
-        yield
-    finally:
-        result._ResultMetric.to = fast
-        if switch is None:
-            os.environ.pop("KDLIGHT_FAST_LOG")
-        else:
-            os.environ["KDLIGHT_FAST_LOG"] = switch
 
 
 def no_training_logs_cls():
