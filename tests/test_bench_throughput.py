@@ -15,7 +15,7 @@ from conftest import REPO, tiny_trainer
 sys.path.insert(0, str(REPO / "scripts"))
 from bench import throughput  # noqa: E402
 from bench.common import lightning_log_path  # noqa: E402
-from bench.workloads import Workload, kd_module  # noqa: E402
+from bench.workloads import Workload  # noqa: E402
 
 
 def trained_student(module_cls) -> torch.Tensor:
@@ -40,11 +40,18 @@ def test_manual_and_raw_optimizer_variants_train_like_the_automatic_module():
     assert torch.equal(manual, automatic) and torch.equal(raw, automatic)
 
 
-def test_lightning_log_path_switches_off_the_fast_path_inside_only():
+def test_lightning_log_path_switches_off_the_fast_path_inside_only(monkeypatch):
     skip_redundant_result_moves()
-    fast = lightning_result._ResultMetric.to
-    wl = Workload(name="digits", batch_size=64, epochs=1, repeats=1)
+    moved = []
+    lightning_move = lightning_result.apply_to_collection
+    monkeypatch.setattr(
+        lightning_result, "apply_to_collection", lambda *a, **k: moved.append(1) or lightning_move(*a, **k)
+    )
+    results = lightning_result._ResultCollection(training=True)
+    results.log("training_step", "x", torch.tensor(1.0), on_step=False, on_epoch=True, batch_size=2)
+    metric = results["training_step.x"]
     with lightning_log_path():
-        kd_module(wl)  # building a kdlight module inside must not re-install the fast path
-        assert lightning_result._ResultMetric.to is fast.__wrapped__
-    assert lightning_result._ResultMetric.to is fast
+        metric.to(torch.device("cpu"))
+    assert len(moved) == 1  # Lightning's own move ran inside
+    metric.to(torch.device("cpu"))
+    assert len(moved) == 1  # and is skipped again outside

@@ -3,11 +3,15 @@
 Every ``LightningModule.log`` call ends in ``_ResultMetric.to(value.device)``, which rebuilds the
 stored metric's ``__dict__`` with ``apply_to_collection`` (deep-copying its metadata dataclass) even
 when every tensor in it is already on that device: about 75 % of the ~0.3 ms a call costs on CPU
-(BENCHMARKS.md, section 1). :func:`skip_redundant_result_moves` wraps that method once per process
-so that it returns at once when all of the metric's tensors (and torchmetrics states) are already
+(BENCHMARKS.md, section 1). :func:`skip_redundant_result_moves` wraps that method so that it
+returns at once when everything Lightning would move (tensors, and for a logged torchmetrics
+``Metric`` its states, defaults, cached results, parameters, buffers and child metrics) is already
 on the target device, and calls Lightning's own method otherwise. What is logged does not change;
-only the metadata object is no longer replaced by an equal copy. ``KDLIGHT_FAST_LOG=0`` in the
-environment leaves Lightning's method as it is.
+only the metadata object is no longer replaced by an equal copy.
+
+The wrapper is installed once per process, when the first kdlight module is built, and so also
+serves other LightningModules of that process. ``KDLIGHT_FAST_LOG=0`` in the environment (read at
+every call) sends every call to Lightning's own method.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ except ImportError:  # pragma: no cover - other Lightning versions
     _ResultMetric = None
 
 _MARK = "__kdlight_skips_redundant_moves__"
+#: the environment variable that turns the fast path off ("0")
+SWITCH = "KDLIGHT_FAST_LOG"
 
 
 @functools.cache
@@ -50,9 +56,9 @@ def _kind(cls: type) -> str:
 
 
 def on_device(value: Any, device: torch.device) -> bool:
-    """Whether every tensor that Lightning's ``apply_to_collection`` would move in ``value`` is
-    already on ``device``: tensors, torchmetrics metrics (and their states), and the tensors inside
-    mappings, sequences and dataclasses; anything else holds none."""
+    """Whether everything that Lightning's ``apply_to_collection`` would move in ``value`` is
+    already on ``device``: tensors, torchmetrics metrics (:func:`metric_on_device`), and what is
+    inside mappings, sequences and the init fields of dataclasses; anything else holds none."""
     kind = _kind(type(value))
     if kind == "leaf":
         return True
@@ -63,8 +69,27 @@ def on_device(value: Any, device: torch.device) -> bool:
     if kind == "sequence":
         return all_on_device(value, device)
     if kind == "metric":
-        return value.device == device and all_on_device([getattr(value, n) for n in value._defaults], device)
-    return all_on_device([getattr(value, f) for f in value.__dataclass_fields__], device)
+        return metric_on_device(value, device)
+    return all_on_device([getattr(value, f.name) for f in dataclasses.fields(value) if f.init], device)
+
+
+def metric_on_device(metric: Metric, device: torch.device) -> bool:
+    """Whether ``metric.to(device)`` would move nothing: torchmetrics' ``_apply`` moves the
+    parameters and buffers of every submodule and, of every metric among them, its states, their
+    defaults, ``_computed`` and ``_forward_cache``, and sets its device."""
+    for module in metric.modules():
+        tensors = [*module._parameters.values(), *module._buffers.values()]
+        if not all(t is None or t.device == device for t in tensors):
+            return False
+        if isinstance(module, Metric) and not (
+            module.device == device
+            and all_on_device([getattr(module, name) for name in module._defaults], device)
+            and all_on_device(module._defaults.values(), device)
+            and on_device(module._computed, device)
+            and on_device(module._forward_cache, device)
+        ):
+            return False
+    return True
 
 
 def all_on_device(values: Iterable[Any], device: torch.device) -> bool:
@@ -77,12 +102,8 @@ def all_on_device(values: Iterable[Any], device: torch.device) -> bool:
 
 def skip_redundant_result_moves() -> bool:
     """Install the fast path on Lightning's ``_ResultMetric.to`` (idempotent); False when this
-    Lightning has no such method or ``KDLIGHT_FAST_LOG=0``."""
-    if (
-        os.environ.get("KDLIGHT_FAST_LOG") == "0"
-        or _ResultMetric is None
-        or not callable(getattr(_ResultMetric, "to", None))
-    ):
+    Lightning has no such method, or ``KDLIGHT_FAST_LOG=0`` when no kdlight module installed it yet."""
+    if os.environ.get(SWITCH) == "0" or _ResultMetric is None or not callable(getattr(_ResultMetric, "to", None)):
         return False
     lightning_to = _ResultMetric.to
     if getattr(lightning_to, _MARK, False):
@@ -94,6 +115,7 @@ def skip_redundant_result_moves() -> bool:
             len(args) == 1
             and not kwargs
             and isinstance(args[0], torch.device)
+            and os.environ.get(SWITCH) != "0"
             and all_on_device(self.__dict__.values(), args[0])
         ):
             return self

@@ -106,18 +106,13 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def lightning_log_path():
-    """Lightning's own ``_ResultMetric.to`` (its per-call copy) instead of kdlight's fast path
-    (``KDLIGHT_FAST_LOG=0`` keeps kdlight modules built inside from installing it again)."""
-    from lightning.pytorch.trainer.connectors.logger_connector import result
-
-    fast = result._ResultMetric.to
+    """Lightning's own ``self.log`` path inside: ``KDLIGHT_FAST_LOG=0``, which kdlight's fast path
+    (``kdlight/training/fast_log.py``) reads at every call."""
     switch = os.environ.get("KDLIGHT_FAST_LOG")
-    result._ResultMetric.to = getattr(fast, "__wrapped__", fast)
     os.environ["KDLIGHT_FAST_LOG"] = "0"
     try:
         yield
     finally:
-        result._ResultMetric.to = fast
         if switch is None:
             os.environ.pop("KDLIGHT_FAST_LOG")
         else:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
+from typing import ClassVar
 
+import pytest
 import torch
 from lightning.pytorch import seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer.connectors.logger_connector import result as lightning_result
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.wrappers import MinMaxMetric
 
 from kdlight import DistillationModule
 from kdlight.models import MLP, CNN2d
@@ -36,12 +39,15 @@ def test_install_is_idempotent_and_wraps_lightnings_method():
     assert lightning_to.__qualname__ == "_ResultMetric.to"
 
 
-def test_environment_switch_leaves_lightning_alone(monkeypatch):
+def test_environment_switch_sends_calls_to_lightning(monkeypatch):
     skip_redundant_result_moves()
+    metric = logged_metric(torch.tensor(1.5))
+    meta = metric.meta
+    monkeypatch.setenv("KDLIGHT_FAST_LOG", "0")
+    assert metric.to(CPU) is metric and metric.meta is not meta  # Lightning's copy ran
     lightning_to = lightning_result._ResultMetric.to.__wrapped__
     monkeypatch.setattr(lightning_result._ResultMetric, "to", lightning_to)
-    monkeypatch.setenv("KDLIGHT_FAST_LOG", "0")
-    assert skip_redundant_result_moves() is False
+    assert skip_redundant_result_moves() is False  # not installed while switched off
     assert lightning_result._ResultMetric.to is lightning_to
 
 
@@ -79,6 +85,45 @@ def test_on_device_looks_inside_containers_dataclasses_and_metrics():
     accuracy = MulticlassAccuracy(num_classes=3)
     assert on_device(accuracy, CPU) and not on_device(accuracy, META)
     assert not on_device(accuracy.to(META), CPU)
+
+
+@pytest.mark.parametrize("leftover", ["computed", "default", "buffer", "child"])
+def test_a_metric_with_any_part_elsewhere_is_moved_by_lightning(leftover):
+    """Everything torchmetrics' ``Metric._apply`` moves counts: a part left on the CPU sends the
+    call to Lightning, which moves it (found in review: checking the states alone missed these)."""
+    skip_redundant_result_moves()
+    accuracy = MulticlassAccuracy(num_classes=3)
+    metric = MinMaxMetric(accuracy) if leftover == "child" else accuracy
+    metric.update(torch.tensor([[0.9, 0.05, 0.05]]), torch.tensor([0]))
+    metric.to(META)
+    if leftover == "computed":
+        metric._computed = torch.tensor(0.5)
+    elif leftover == "default":
+        metric._defaults["tp"] = torch.zeros(3)
+    elif leftover == "buffer":
+        metric.register_buffer("scale", torch.ones(3))
+    else:
+        accuracy.tp = torch.zeros(3, dtype=torch.long)  # the wrapped metric's state, on the CPU
+    assert not on_device(metric, META)
+    results = lightning_result._ResultCollection(training=True)
+    results.log("validation_step", "acc", metric, on_step=False, on_epoch=True)
+    assert results["validation_step.acc"].value is metric
+    results["validation_step.acc"].to(META)
+    assert on_device(metric, META)
+
+
+def test_dataclass_walk_follows_init_fields_only():
+    @dataclass
+    class Node:
+        weight: torch.Tensor
+        scale: InitVar[float] = 1.0
+        parent: Node | None = field(default=None, init=False)
+        root: ClassVar[Node | None] = None
+
+    node = Node(torch.zeros(1))
+    node.parent = node  # a cycle through a non-init field
+    Node.root = node  # and one through a class variable
+    assert on_device(node, CPU) and not on_device(Node(torch.zeros(1, device=META)), CPU)
 
 
 def fit_logged_metrics(tmp_path, digits, name: str) -> tuple[dict, list[dict]]:
