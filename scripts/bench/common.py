@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -11,6 +10,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -104,16 +104,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
 def lightning_log_path():
-    """Lightning's own ``self.log`` path inside: ``KDLIGHT_FAST_LOG=0``, which kdlight's fast path
-    (``kdlight/training/fast_log.py``) reads at every call."""
-    switch = os.environ.get("KDLIGHT_FAST_LOG")
-    os.environ["KDLIGHT_FAST_LOG"] = "0"
-    try:
-        yield
-    finally:
-        if switch is None:
-            os.environ.pop("KDLIGHT_FAST_LOG")
-        else:
-            os.environ["KDLIGHT_FAST_LOG"] = switch
+    """A context with Lightning's own ``self.log`` path inside: ``KDLIGHT_FAST_LOG=0``, which kdlight's
+    fast path (``kdlight/training/fast_log.py``) reads at every call; the environment is restored after."""
+    from kdlight.training.fast_log import SWITCH
+
+    return mock.patch.dict(os.environ, {SWITCH: "0"})
