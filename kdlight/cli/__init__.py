@@ -204,7 +204,9 @@ def main(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> K
             message, status = explain(str(err)), 2
         else:
             err, status = root_cause(err), 1  # jsonargparse wraps errors raised while building the classes
-            message = str(err).strip("'\"").splitlines()[0] if str(err).strip() else type(err).__name__
+            # a KeyError's str() is the repr of its key; any other message keeps its quotes
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            message = text.splitlines()[0] if text.strip() else type(err).__name__
         print(f"kdlight: error: {message}  (set KDLIGHT_TRACEBACK=1 for the full text)", file=sys.stderr)
         raise SystemExit(status) from None
 

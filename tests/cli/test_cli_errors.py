@@ -431,6 +431,20 @@ def test_cli_lightning_misconfiguration_is_one_line_with_status_1(capsys):
     assert line == "`max_epochs` must be a non-negative integer or -1. You passed in -3."
 
 
+def test_cli_error_ending_in_a_quoted_value_keeps_its_quote(capsys):
+    line = error_line(
+        capsys,
+        "fit",
+        "-c",
+        str(DIGITS / "teacher.yaml"),
+        "--model.init_args.lr_scheduler_interval=hourly",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+        status=1,
+    )
+    assert line == "lr_scheduler_interval must be 'epoch' or 'step', got 'hourly'"
+
+
 def test_cli_traceback_switch_keeps_the_full_text(monkeypatch):
     monkeypatch.setenv("KDLIGHT_TRACEBACK", "1")
     with pytest.raises(ArgumentError) as info:
